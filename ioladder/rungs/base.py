@@ -1,0 +1,198 @@
+"""What every rung is: a driver of the shared transport, plus its place on the ladder.
+
+A rung subclasses :class:`Rung`, fills in the class attributes that ``ioladder models`` prints,
+and implements the driver methods the shared :class:`~ioladder.transport.Transport` calls. All
+protocol-visible behaviour lives in the transport; a rung only decides *how the kernel is asked*.
+
+Two helpers are shared here because several rungs need them and they must be written once:
+
+* :class:`Strand` — a per-connection serial context for rungs that run application code on
+  several threads (``blocking``, ``eventselect``, ``iocp``): never blocks, never deadlocks, and
+  guarantees two callbacks of one connection never overlap.
+* :func:`close_socket` — the end of a connection's life: a graceful close drains what the peer
+  already sent (so the kernel does not answer our FIN with a reset that destroys bytes still in
+  flight to the peer), an abort sets ``SO_LINGER {1, 0}`` so the peer sees a reset.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import errno
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..server import ServerCore
+    from ..transport import Transport
+
+log = logging.getLogger("ioladder")
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+#: accept() errors that mean "out of a resource": back off instead of spinning on a listener
+#: that stays readable while the process cannot take the connection.
+ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors that concern only the one connection (it died in the backlog) or no-one.
+ACCEPT_TRANSIENT = frozenset({errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EINTR,
+                              errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
+#: how long to stop accepting after an exhaustion error.
+ACCEPT_BACKOFF = 0.1
+
+
+def close_socket(sock: socket.socket, abort: bool, shutdown: bool = True) -> None:
+    """Close ``sock``: a reset when ``abort``, otherwise FIN after all queued bytes."""
+    try:
+        if abort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        else:
+            if shutdown:
+                sock.shutdown(socket.SHUT_WR)
+            # Unread input makes close() send RST instead of FIN, and a RST can destroy data
+            # the peer has not read yet. Drain what is queued now (never blocks).
+            drain_input(sock)
+    except OSError:
+        pass
+    sock.close()
+
+
+def drain_input(sock: socket.socket) -> None:
+    """Discard bytes already queued for reading, without blocking."""
+    for _ in range(64):
+        try:
+            if not sock.recv(65536, socket.MSG_DONTWAIT):
+                return
+        except OSError:
+            return
+
+
+class Strand:
+    """A serial execution context shared by several threads (Boost.Asio's strand).
+
+    ``run(fn)`` executes ``fn`` now on the calling thread if no other thread is inside the
+    strand; otherwise it queues ``fn`` for the thread that is, which runs it before leaving.
+    A thread already inside the strand runs nested calls inline. Nobody ever waits for a lock
+    held across application code, so cross-connection calls cannot deadlock.
+    """
+
+    __slots__ = ("_lock", "_queue", "_owner")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque())
+        self._owner: int | None = None
+
+    def inside(self) -> bool:
+        """True when the calling thread is executing inside this strand."""
+        return self._owner == threading.get_ident()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner is not None:
+                if self._owner != me:
+                    self._queue.append((fn, args))
+                    return
+                nested = True
+            else:
+                self._owner = me
+                nested = False
+        if nested:
+            fn(*args)
+            return
+        try:
+            fn(*args)
+        finally:
+            self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._owner = None
+                    return
+                fn, args = self._queue.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("callback %r failed inside a strand", fn)
+
+
+class Rung(abc.ABC):
+    """A server engine on one kernel mechanism; the driver of the shared transport.
+
+    Lifecycle (called by :class:`~ioladder.server.ServerCore`): ``start(listeners)`` once,
+    ``stop_accepting()`` to stop taking connections, ``stop()`` after every connection has been
+    released or aborted. The driver methods below are called by the transport.
+    """
+
+    #: short id used by ``model=`` and the CLI
+    name: ClassVar[str]
+    #: the concept from the article
+    seed: ClassVar[str]
+    #: the Windows API it stands for
+    windows_api: ClassVar[str]
+    #: the Linux mechanism used here
+    mechanism: ClassVar[str]
+    #: the defining trait kept, including its limits
+    trait: ClassVar[str]
+    #: connections this rung can hold by construction (None: only RLIMIT_NOFILE)
+    structural_limit: ClassVar[int | None] = None
+    #: higher is better; ``model="auto"`` picks the highest available
+    rank: ClassVar[int] = 0
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this rung cannot run on this machine, or None if it can."""
+        return None
+
+    # ------------------------------------------------------------------------- lifecycle
+    @abc.abstractmethod
+    def start(self, listeners: list[socket.socket]) -> None:
+        """Start accepting on ``listeners`` (already bound and listening)."""
+
+    @abc.abstractmethod
+    def stop_accepting(self) -> None:
+        """Stop accepting and close the listeners; thread-safe and idempotent."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop every thread of the rung and release kernel objects; idempotent."""
+
+    def thread_count(self) -> int:
+        """Threads the rung currently runs (for ``models``/bench reporting)."""
+        return 0
+
+    # ------------------------------------------------------------------------- driver API
+    @abc.abstractmethod
+    def dispatch(self, conn: Transport, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in ``conn``'s context; callable from any thread."""
+
+    @abc.abstractmethod
+    def in_context(self, conn: Transport) -> bool:
+        """True when the caller already runs in ``conn``'s context."""
+
+    @abc.abstractmethod
+    def start_send(self, conn: Transport) -> None:
+        """``conn`` has buffered bytes: send ``conn._next_chunk()`` and report ``_on_sent``."""
+
+    @abc.abstractmethod
+    def set_reading(self, conn: Transport, on: bool) -> None:
+        """Start or stop delivering received data to ``conn``."""
+
+    @abc.abstractmethod
+    def shutdown_write(self, conn: Transport) -> None:
+        """Every buffered byte is sent: ``shutdown(SHUT_WR)`` (the half-close)."""
+
+    @abc.abstractmethod
+    def release(self, conn: Transport, abort: bool) -> None:
+        """End ``conn``: stop its I/O, close the socket (reset if ``abort``), then call
+        ``conn._on_released()`` in its context once no kernel operation refers to it."""

@@ -1,0 +1,289 @@
+"""Rung ``blocking``: blocking sockets, one thread per client — the bottom of the ladder.
+
+Seed concept: the article's first server. An acceptor thread blocks in ``accept()``; each client
+gets its own thread that blocks in ``recv()``. Windows API: ``accept``/``recv``/``send`` on
+blocking sockets with ``CreateThread``; Linux mechanism: blocking ``accept(2)``/``recv(2)``/
+``send(2)`` and ``threading``.
+
+Trait kept, with its limits: a **thread per connection**, parked in the kernel inside ``recv``
+(so threads, stacks and context switches grow with clients, and the GIL serialises the Python
+work they do). A send that cannot complete at once is handed to a **writer thread** for that
+connection that blocks in ``send()`` — the blocking model's only way to wait for a slow reader
+without stopping the reads, so the shared transport's flow control still sees the buffer grow.
+
+Waking a thread parked in a blocking call is the model's classic difficulty: ``close()`` from
+another thread does not interrupt a ``recv`` on Linux. ``shutdown(SHUT_RD)`` does (recv returns
+0), and on a listening socket makes ``accept`` fail with ``EINVAL``; the rung marks the
+connection released *before* doing so, so that wake-up is never mistaken for the peer's EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..transport import Transport
+from .base import Rung, Strand, close_socket
+
+log = logging.getLogger("ioladder")
+
+RECV_SIZE = 256 * 1024
+#: small stacks: thread-per-connection pays one per client (the default is 8 MiB of address
+#: space each).
+THREAD_STACK = 256 * 1024
+
+
+class _Conn:
+    """The rung's per-connection state: its strand, reader and writer threads."""
+
+    __slots__ = ("strand", "cond", "reading", "released", "abort", "writer", "reader",
+                 "sent_event")
+
+    def __init__(self) -> None:
+        self.strand = Strand()
+        self.cond = threading.Condition(threading.Lock())
+        self.reading = False
+        self.released = False
+        self.abort = False
+        self.writer: threading.Thread | None = None
+        self.reader: threading.Thread | None = None
+        self.sent_event = threading.Event()
+
+
+class BlockingRung(Rung):
+    name = "blocking"
+    seed = "blocking sockets, one thread per client"
+    windows_api = "accept/recv/send (blocking) + CreateThread"
+    mechanism = "blocking accept(2)/recv(2)/send(2), one threading.Thread per connection"
+    trait = ("acceptor thread; a thread per connection parked in recv(); a writer thread only "
+             "while a send blocks; threads grow with clients")
+    rank = 10
+
+    def __init__(self, core: Any) -> None:
+        super().__init__(core)
+        self._acceptors: list[threading.Thread] = []
+        self._listeners: list[socket.socket] = []
+        self._accepting = True
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------- lifecycle
+    def start(self, listeners: list[socket.socket]) -> None:
+        old = threading.stack_size(THREAD_STACK)
+        try:
+            for sock in listeners:
+                sock.setblocking(True)
+                self._listeners.append(sock)
+                t = threading.Thread(target=self._acceptor, args=(sock,), daemon=True,
+                                     name=f"ioladder-accept-{sock.getsockname()[1]}")
+                self._acceptors.append(t)
+                t.start()
+        finally:
+            threading.stack_size(old)
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+        for sock in self._listeners:
+            try:
+                sock.shutdown(socket.SHUT_RD)  # wakes the blocked accept() with EINVAL
+            except OSError:
+                pass
+        me = threading.current_thread()
+        for t in self._acceptors:
+            if t is not me:
+                t.join(5.0)
+        for sock in self._listeners:
+            sock.close()
+
+    def stop(self) -> None:
+        self.stop_accepting()
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(5.0)
+
+    def thread_count(self) -> int:
+        with self._lock:
+            return len(self._threads) + sum(t.is_alive() for t in self._acceptors)
+
+    def _spawn(self, target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+        t = threading.Thread(target=self._tracked, args=(target, *args), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(t)
+        old = threading.stack_size(THREAD_STACK)
+        try:
+            t.start()
+        finally:
+            threading.stack_size(old)
+        return t
+
+    def _tracked(self, target: Callable[..., Any], *args: Any) -> None:
+        try:
+            target(*args)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    # ------------------------------------------------------------------------- accepting
+    def _acceptor(self, lsock: socket.socket) -> None:
+        while self._accepting:
+            try:
+                sock, _addr = lsock.accept()
+            except OSError as exc:
+                if not self._accepting or exc.errno in (errno.EINVAL, errno.EBADF):
+                    return
+                delay = self.core.accept_error(exc)
+                if delay:
+                    time.sleep(delay)
+                continue
+            conn = self.core.admit(sock, self)
+            if conn is None:
+                continue
+            st = _Conn()
+            conn.rung_data = st
+            try:
+                st.reader = self._spawn(self._reader, conn, name=f"ioladder-conn-{conn._fd}")
+            except RuntimeError as exc:  # can't start new thread: the model's own limit
+                self.core.forget(conn)
+                self.core.refuse(sock, f"cannot start a thread for it: {exc}")
+
+    # --------------------------------------------------------------- per-connection threads
+    def _reader(self, conn: Transport) -> None:
+        st: _Conn = conn.rung_data
+        sock = conn._sock
+        st.strand.run(conn._start)
+        while True:
+            with st.cond:
+                while not st.reading and not st.released:
+                    st.cond.wait()
+                if st.released:
+                    break
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError as exc:
+                if st.released:
+                    break
+                st.strand.run(conn._on_error, exc)
+                continue
+            if st.released:
+                break  # our own shutdown(SHUT_RD) woke us: not the peer's EOF
+            if data:
+                st.strand.run(conn._on_data, data)
+            else:
+                with st.cond:
+                    st.reading = False
+                st.strand.run(conn._on_eof)
+        # Released: only now may the descriptor go, once no thread of ours uses it.
+        writer = st.writer
+        if writer is not None:
+            writer.join()
+        close_socket(sock, st.abort, shutdown=False)
+        st.strand.run(conn._on_released)
+
+    def _writer(self, conn: Transport) -> None:
+        """Block in send() until the transport's buffer is empty, then end."""
+        st: _Conn = conn.rung_data
+        sock = conn._sock
+        while not st.released:
+            try:
+                chunk = conn._buffer[0]
+            except IndexError:
+                break
+            try:
+                n = sock.send(chunk)
+            except OSError as exc:
+                if not st.released:
+                    self._report(st, conn._on_error, exc)
+                break
+            more: list[bool] = []
+            self._report(st, lambda: more.append(self._sent(conn, chunk, n)))
+            if not more or not more[0]:
+                break
+        with st.cond:
+            st.writer = None
+
+    @staticmethod
+    def _sent(conn: Transport, chunk: Any, n: int) -> bool:
+        if conn._released or not conn._buffer or conn._buffer[0] is not chunk:
+            return False  # aborted meanwhile
+        return conn._on_sent(n)
+
+    @staticmethod
+    def _report(st: _Conn, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` in the strand and wait until it has run (it may be queued)."""
+        st.sent_event.clear()
+
+        def call() -> None:
+            try:
+                fn(*args)
+            finally:
+                st.sent_event.set()
+        st.strand.run(call)
+        st.sent_event.wait()
+
+    # ------------------------------------------------------------------------ driver API
+    def dispatch(self, conn: Transport, fn: Callable[..., Any], *args: Any) -> None:
+        conn.rung_data.strand.run(fn, *args)
+
+    def in_context(self, conn: Transport) -> bool:
+        return conn.rung_data.strand.inside()
+
+    def start_send(self, conn: Transport) -> None:
+        st: _Conn = conn.rung_data
+        sock = conn._sock
+        while True:
+            chunk = conn._next_chunk()
+            try:
+                n = sock.send(chunk, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                conn._on_error(exc)
+                return
+            if not conn._on_sent(n):
+                return
+            if n < len(chunk):
+                break
+        # The kernel buffer is full: a writer thread blocks in send() for this connection.
+        with st.cond:
+            if st.writer is None and not st.released:
+                st.writer = self._spawn(self._writer, conn, name=f"ioladder-send-{conn._fd}")
+
+    def set_reading(self, conn: Transport, on: bool) -> None:
+        st: _Conn = conn.rung_data
+        with st.cond:
+            st.reading = on
+            st.cond.notify()
+
+    def shutdown_write(self, conn: Transport) -> None:
+        try:
+            conn._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            conn._on_error(exc)
+
+    def release(self, conn: Transport, abort: bool) -> None:
+        st: _Conn = conn.rung_data
+        sock = conn._sock
+        with st.cond:
+            st.released = True
+            st.abort = abort
+            st.cond.notify()
+        try:
+            if abort:
+                # Wake a writer blocked in send() too; close() then resets (SO_LINGER 0).
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                if not conn._shut_wr:
+                    sock.shutdown(socket.SHUT_WR)
+                sock.shutdown(socket.SHUT_RD)  # wake the reader parked in recv()
+        except OSError:
+            pass
+
+
+RUNG = BlockingRung

@@ -1,0 +1,295 @@
+"""``serve()`` and :class:`Server`: the public face of every rung.
+
+:class:`ServerCore` is the part of a server that is the same on every rung: the protocol
+factory, the limits (``max_connections``, ``idle_timeout``, ``linger``), the set of live
+connections, and the graceful shutdown. The rung only accepts and drives I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import rungs
+from .rungs.base import ACCEPT_EXHAUSTED, ACCEPT_TRANSIENT, Rung
+from .transport import Transport
+
+log = logging.getLogger("ioladder")
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class ServerCore:
+    """Connection bookkeeping and limits shared by all rungs."""
+
+    def __init__(self, protocol_factory: ProtocolFactory, *, max_connections: int | None,
+                 idle_timeout: float | None, linger: float | None) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be >= 1 or None")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0 or None")
+        if linger is not None and linger < 0:
+            raise ValueError("linger must be None, 0 or a positive number of seconds")
+        self.protocol_factory = protocol_factory
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.linger = linger
+        self._linger_opt = (struct.pack("ii", 1, int(linger)) if linger is not None else None)
+        self.connections: set[Transport] = set()
+        self._cond = threading.Condition()
+        self.accepted_total = 0
+        self.refused_total = 0
+        self._last_refusal_log = 0.0
+        self._last_exhaustion_log = 0.0
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------- accepting
+    def admit(self, sock: socket.socket, rung: Rung) -> Transport | None:
+        """Take an accepted socket: refuse it cleanly past the limits, else wrap it.
+
+        The caller (the rung) then attaches its state and runs ``conn._start()`` in the
+        connection's context.
+        """
+        with self._cond:
+            limit = self.max_connections
+            if rung.structural_limit is not None:
+                limit = rung.structural_limit if limit is None else min(limit,
+                                                                        rung.structural_limit)
+            if limit is not None and len(self.connections) >= limit:
+                self.refuse(sock, f"{len(self.connections)} connections open, limit is {limit}")
+                return None
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._linger_opt is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self._linger_opt)
+            except OSError as exc:  # the peer is already gone
+                log.debug("dropping connection that died before setup: %s", exc)
+                sock.close()
+                return None
+            conn = Transport(sock, self.protocol_factory, rung, self)
+            self.connections.add(conn)
+            self.accepted_total += 1
+            return conn
+
+    def refuse(self, sock: socket.socket, why: str) -> None:
+        """Close a connection we will not serve; the peer sees an orderly close."""
+        self.refused_total += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log > 1.0:
+            self._last_refusal_log = now
+            log.warning("refusing connection from %s: %s (%d refused so far)",
+                        _peer(sock), why, self.refused_total)
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def accept_error(self, exc: OSError) -> float:
+        """Classify an accept() failure: 0.0 to carry on, or seconds to stop accepting.
+
+        Exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) leaves the listener readable, so a rung
+        that retried at once would spin at 100 % CPU; it backs off instead and accepts again
+        as soon as the back-off ends and descriptors are free.
+        """
+        if exc.errno in ACCEPT_EXHAUSTED:
+            now = time.monotonic()
+            if now - self._last_exhaustion_log > 5.0:
+                self._last_exhaustion_log = now
+                log.warning("accept() failed: %s; pausing accepts for %.0f ms", exc,
+                            rungs.base.ACCEPT_BACKOFF * 1000)
+            return rungs.base.ACCEPT_BACKOFF
+        if exc.errno in ACCEPT_TRANSIENT or isinstance(exc, BlockingIOError):
+            return 0.0
+        log.error("accept() failed: %s; pausing accepts", exc)
+        return rungs.base.ACCEPT_BACKOFF
+
+    def forget(self, conn: Transport) -> None:
+        with self._cond:
+            self.connections.discard(conn)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------ idle reaper
+    def start_reaper(self) -> None:
+        if self.idle_timeout is None:
+            return
+        self._reaper = threading.Thread(target=self._reap, name="ioladder-idle", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        timeout = self.idle_timeout
+        assert timeout is not None
+        period = min(max(timeout / 4, 0.05), 1.0)
+        while not self._stopping.wait(period):
+            deadline = time.monotonic() - timeout
+            with self._cond:
+                idle = [c for c in self.connections if c.last_activity <= deadline]
+            for conn in idle:
+                conn._driver.dispatch(conn, conn._idle_check, timeout)
+
+    # -------------------------------------------------------------------------- shutdown
+    def close_all(self, timeout: float) -> bool:
+        """Close every connection gracefully; abort what has not finished by ``timeout``."""
+        with self._cond:
+            conns = list(self.connections)
+        for conn in conns:
+            conn.close()
+        if self.wait_empty(timeout):
+            return True
+        with self._cond:
+            conns = list(self.connections)
+        log.warning("shutdown: aborting %d connection(s) still draining after %.1f s",
+                    len(conns), timeout)
+        for conn in conns:
+            conn.abort()
+        return self.wait_empty(5.0)
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self.connections, timeout)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._reaper is not None and self._reaper is not threading.current_thread():
+            self._reaper.join(5.0)
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername())
+    except OSError:
+        return "?"
+
+
+def _listeners(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            if port == 0:  # several families: share the one ephemeral port
+                port = sock.getsockname()[1]
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class Server:
+    """A running TCP server on one rung; use as a context manager or call ``shutdown()``."""
+
+    def __init__(self, protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1",
+                 port: int = 0, *, model: str = "auto", backlog: int = 1024,
+                 max_connections: int | None = None, idle_timeout: float | None = None,
+                 linger: float | None = None, reuse_port: bool = False,
+                 sockets: list[socket.socket] | None = None) -> None:
+        rung_cls = rungs.resolve(model)
+        self.model: str = rung_cls.name
+        self.core = ServerCore(protocol_factory, max_connections=max_connections,
+                               idle_timeout=idle_timeout, linger=linger)
+        self.sockets: list[socket.socket] = (
+            sockets if sockets is not None else _listeners(host, port, backlog, reuse_port))
+        self.rung: Rung = rung_cls(self.core)
+        self._port: int = self.sockets[0].getsockname()[1]
+        self._closed = False
+        self._done = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        try:
+            self.rung.start(self.sockets)
+        except BaseException:
+            for sock in self.sockets:
+                sock.close()
+            self.rung.stop()
+            raise
+        self.core.start_reaper()
+        log.info("serving on %s with rung %s", self.addresses, self.model)
+
+    @property
+    def addresses(self) -> list[Any]:
+        return [s.getsockname() for s in self.sockets if s.fileno() != -1]
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        return self._port
+
+    @property
+    def connections(self) -> int:
+        return len(self.core.connections)
+
+    def close(self) -> None:
+        """Stop accepting; open connections carry on."""
+        if not self._closed:
+            self._closed = True
+            self.rung.stop_accepting()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, close every connection gracefully, wait up to ``timeout`` for their
+        buffers to drain, abort the rest, then stop the rung's threads."""
+        with self._shutdown_lock:
+            if self._done.is_set():
+                return
+            self.close()
+            try:
+                self.core.close_all(timeout)
+            finally:
+                self.core.stop()
+                self.rung.stop()
+                self._done.set()
+
+    def serve_forever(self) -> None:
+        """Block until ``shutdown()``; Ctrl-C shuts down gracefully."""
+        try:
+            while not self._done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            log.info("interrupted: shutting down gracefully")
+            self.shutdown()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<ioladder.Server {self.model} {self.addresses} conns={self.connections}>"
+
+
+def serve(protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1", port: int = 0, *,
+          model: str = "auto", backlog: int = 1024, max_connections: int | None = None,
+          idle_timeout: float | None = None, linger: float | None = None,
+          reuse_port: bool = False) -> Server:
+    """Serve ``protocol_factory`` (any ``asyncio.Protocol`` factory) over TCP on one rung.
+
+    Returns a started :class:`Server`. ``model`` is a rung id (``ioladder models`` lists
+    them) or ``"auto"``, which picks the best rung available here and logs the choice.
+    ``linger`` mirrors .NET's ``LingerOption``: None keeps the kernel default (close returns
+    at once, queued bytes still go out), 0 makes every close a reset, N > 0 makes close wait
+    up to N seconds for queued bytes.
+    """
+    return Server(protocol_factory, host, port, model=model, backlog=backlog,
+                  max_connections=max_connections, idle_timeout=idle_timeout, linger=linger,
+                  reuse_port=reuse_port)

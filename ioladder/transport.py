@@ -1,0 +1,403 @@
+"""The one ``asyncio.Transport`` every rung shares.
+
+A rung is only a *driver*: it decides when the kernel is asked to read, write, accept and close,
+and reports what happened. Everything the application can observe — callback order, write
+buffering, flow control, pause/resume, half-close, close/abort — is decided here, once, so all
+rungs behave identically to an ``asyncio.Protocol`` and are compared on identical work.
+
+Invariants (the contract the conformance suite pins):
+
+Rule 1. Every protocol callback of a connection runs in that connection's *context*: the rung's
+        loop thread, or a per-connection strand on rungs that run app code on several threads.
+        Two callbacks of one connection never overlap. Public methods called from outside the
+        context (another thread) are handed to the context with ``driver.dispatch``.
+Rule 2. Bytes passed to ``write()`` leave in order; ``close()`` stops reading, flushes every
+        buffered byte, shuts the write side down, then closes. Only ``abort()`` (or a fatal
+        error) drops data, and then the peer sees a reset.
+Rule 3. ``connection_made`` comes first, ``data_received``/``buffer_updated`` then at most one
+        ``eof_received``, and ``connection_lost`` exactly once and last — only after the driver
+        has released the socket (completion rungs must first see their cancelled ops finish).
+Rule 4. ``pause_writing`` is called when the buffer rises above the high-water mark and
+        ``resume_writing`` when it falls to the low-water mark (asyncio's defaults: 64 KiB/16 KiB).
+
+The driver interface (what a rung implements; see ``ioladder.rungs.base.Rung``):
+``dispatch(conn, fn, *args)``, ``in_context(conn)``, ``start_send(conn)``,
+``set_reading(conn, on)``, ``shutdown_write(conn)``, ``release(conn, abort)``. The driver reports
+back through ``_on_data``, ``_on_eof``, ``_on_sent``, ``_on_error`` and ``_on_released``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import time
+from asyncio import trsock
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .rungs.base import Rung
+    from .server import ServerCore
+
+log = logging.getLogger("ioladder")
+
+_monotonic = time.monotonic
+#: asyncio's default write-buffer limits (``FlowControlMixin``).
+DEFAULT_HIGH_WATER = 64 * 1024
+#: Small chunks are coalesced into one send of at most this many bytes.
+_COALESCE = 256 * 1024
+
+
+class Transport(asyncio.Transport):
+    """``asyncio.Transport`` over a connected TCP socket, driven by a rung.
+
+    Thread-safe in the sense of Rule 1: any public method may be called from any thread; calls
+    from outside the connection's context are queued to it and take effect there, in order.
+    """
+
+    def __init__(self, sock: socket.socket, protocol_factory: Any, driver: Rung,
+                 core: ServerCore | None = None) -> None:
+        super().__init__()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol_factory = protocol_factory
+        self._protocol: asyncio.BaseProtocol | None = None
+        self._buffered = False
+        self._driver = driver
+        self._core = core
+        self._extra: dict[str, Any] = {"socket": trsock.TransportSocket(sock)}
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        try:
+            self._extra["peername"] = sock.getpeername()
+        except OSError:
+            self._extra["peername"] = None
+        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
+        self._buffer_size = 0
+        self._sending = False          # the driver owns a flush in progress
+        self._closing = False          # close() or abort() called, or a fatal error
+        self._eof_requested = False    # write_eof() called
+        self._shut_wr = False          # shutdown(SHUT_WR) handed to the driver
+        self._paused = False           # pause_reading() in force
+        self._held: list[bytes] = []   # data that arrived while paused
+        self._eof = False              # peer's EOF seen
+        self._released = False         # driver.release() called
+        self._lost = False             # connection_lost delivered
+        self._exc: BaseException | None = None
+        self._writes_after_loss = 0
+        self._high = DEFAULT_HIGH_WATER
+        self._low = DEFAULT_HIGH_WATER // 4
+        self._writing_paused = False
+        #: monotonic time of the last byte moved either way (idle timeout).
+        self.last_activity = _monotonic()
+        #: per-connection state owned by the rung's driver.
+        self.rung_data: Any = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._lost else "closing" if self._closing else "open"
+        return f"<ioladder.Transport fd={self._fd} {state} rung={self._driver.name}>"
+
+    # ---------------------------------------------------------------- lifecycle (driver side)
+
+    def _start(self) -> None:
+        """Create the protocol and call ``connection_made``; runs in the connection's context."""
+        try:
+            protocol = self._protocol_factory()
+            self.set_protocol(protocol)
+            protocol.connection_made(self)
+        except BaseException as exc:
+            self._fatal_error(exc, "protocol factory or connection_made() failed")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not self._closing and not self._paused:
+            self._driver.set_reading(self, True)
+
+    def _on_data(self, data: bytes | memoryview) -> None:
+        """The driver received ``data`` (never empty)."""
+        if self._closing or self._eof:
+            return
+        self.last_activity = _monotonic()
+        if self._paused:
+            # A completion rung may have had a receive in flight when reading was paused:
+            # hold its bytes until resume_reading() rather than break the pause contract.
+            self._held.append(bytes(data))
+            return
+        try:
+            if self._buffered:
+                self._feed_buffered(data)
+            else:
+                self._protocol.data_received(data)  # type: ignore[union-attr]
+        except BaseException as exc:
+            self._fatal_error(exc, "protocol.data_received() call failed")
+            if not isinstance(exc, Exception):
+                raise
+
+    def _feed_buffered(self, data: bytes | memoryview) -> None:
+        # asyncio's rule for BufferedProtocol: fill get_buffer() repeatedly until data is used up.
+        view = memoryview(data)
+        protocol = self._protocol
+        while view:
+            buf = memoryview(protocol.get_buffer(len(view)))  # type: ignore[union-attr]
+            n = min(len(buf), len(view))
+            if not n:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)  # type: ignore[union-attr]
+            view = view[n:]
+
+    def _on_eof(self) -> None:
+        """The peer shut its write side down (recv returned 0)."""
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        self._driver.set_reading(self, False)
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[union-attr]
+        except BaseException as exc:
+            self._fatal_error(exc, "protocol.eof_received() call failed")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not keep_open:
+            self.close()
+
+    def _on_error(self, exc: BaseException) -> None:
+        """A kernel operation failed fatally (reset, broken pipe, ...)."""
+        self._fatal_error(exc, "fatal error on transport")
+
+    def _next_chunk(self) -> bytes | memoryview:
+        """The bytes the driver should send next (the buffer is not empty)."""
+        buf = self._buffer
+        if len(buf) > 1 and len(buf[0]) < _COALESCE:
+            # Coalesce small writes into one send: fewer syscalls or ring ops per byte.
+            parts = [buf.popleft()]
+            size = len(parts[0])
+            while buf and size + len(buf[0]) <= _COALESCE:
+                part = buf.popleft()
+                parts.append(part)
+                size += len(part)
+            buf.appendleft(b"".join(parts))
+        return buf[0]
+
+    def _on_sent(self, n: int) -> bool:
+        """The driver sent the first ``n`` bytes of ``_next_chunk()``; True if more remains.
+
+        When it returns False the flush is over: the driver must not send again until the next
+        ``start_send``, which this call may already have triggered re-entrantly.
+        """
+        buf = self._buffer
+        if n:
+            self.last_activity = _monotonic()
+            chunk = buf[0]
+            if n >= len(chunk):
+                buf.popleft()
+            else:
+                buf[0] = memoryview(chunk)[n:]
+            self._buffer_size -= n
+        if self._writing_paused and self._buffer_size <= self._low:
+            self._resume_protocol()
+        if buf:
+            return True
+        self._sending = False
+        self._after_flush()
+        return False
+
+    def _after_flush(self) -> None:
+        if self._closing:
+            self._release(abort=False)
+        elif self._eof_requested and not self._shut_wr:
+            self._shut_wr = True
+            self._driver.shutdown_write(self)
+
+    def _on_released(self) -> None:
+        """The driver closed the socket and no kernel op refers to it any more."""
+        if self._lost:
+            return
+        self._lost = True
+        self._buffer.clear()
+        self._buffer_size = 0
+        try:
+            if self._protocol is not None:
+                self._protocol.connection_lost(self._exc)
+        except Exception:
+            log.exception("protocol.connection_lost() call failed on %r", self)
+        finally:
+            self._protocol = None
+            self._exc = None
+            if self._core is not None:
+                self._core.forget(self)
+
+    # ------------------------------------------------------------------ internal transitions
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+            log.debug("%s: %r: %s", message, self, exc)
+        else:
+            log.error("%s: %r", message, self, exc_info=exc)
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._released:
+            return
+        self._buffer.clear()
+        self._buffer_size = 0
+        if not self._closing:
+            self._closing = True
+            self._driver.set_reading(self, False)
+        self._exc = exc
+        self._release(abort=True)
+
+    def _release(self, abort: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._driver.release(self, abort)
+
+    def _in_context(self) -> bool:
+        return self._driver.in_context(self)
+
+    # --------------------------------------------------------------- asyncio.Transport API
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[return-value]
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if not self._in_context():
+            self._driver.dispatch(self, self.pause_reading)
+            return
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._driver.set_reading(self, False)
+
+    def resume_reading(self) -> None:
+        if not self._in_context():
+            self._driver.dispatch(self, self.resume_reading)
+            return
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        while self._held and not self._paused and not self._closing:
+            self._on_data(self._held.pop(0))
+        if not self._eof and not self._paused and not self._closing:
+            self._driver.set_reading(self, True)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 4 * low if low is not None else DEFAULT_HIGH_WATER
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        if self._in_context():
+            self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof_requested:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if not self._in_context():
+            self._driver.dispatch(self, self._write, bytes(data))
+            return
+        self._write(data)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._released:
+            self._writes_after_loss += 1
+            if self._writes_after_loss == 5:
+                log.warning("socket.send() raised exception: writes to a closed transport %r", self)
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer; the kernel must see these bytes
+        self._buffer.append(data)
+        self._buffer_size += len(data)
+        if not self._sending:
+            self._sending = True
+            self._driver.start_send(self)
+        if self._buffer_size > self._high:
+            self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if not self._in_context():
+            self._driver.dispatch(self, self.write_eof)
+            return
+        if self._closing or self._eof_requested:
+            return
+        self._eof_requested = True
+        if not self._sending:
+            self._shut_wr = True
+            self._driver.shutdown_write(self)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self._in_context():
+            self._driver.dispatch(self, self.close)
+            return
+        if self._closing:
+            return
+        self._closing = True
+        self._driver.set_reading(self, False)
+        if not self._sending:
+            self._release(abort=False)
+
+    def abort(self) -> None:
+        if not self._in_context():
+            self._driver.dispatch(self, self.abort)
+            return
+        self._force_close(None)
+
+    def _idle_check(self, timeout: float) -> None:
+        """Abort if no byte moved for ``timeout`` seconds (the slowloris defence)."""
+        if not self._released and _monotonic() - self.last_activity >= timeout:
+            log.info("closing idle connection %r after %.1f s without traffic", self, timeout)
+            self._force_close(TimeoutError(f"idle for {timeout:g} s"))
+
+    # ------------------------------------------------------------------------ flow control
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._buffer_size <= self._high or self._writing_paused:
+            return
+        self._writing_paused = True
+        try:
+            self._protocol.pause_writing()  # type: ignore[union-attr]
+        except Exception:
+            log.exception("protocol.pause_writing() failed on %r", self)
+
+    def _resume_protocol(self) -> None:
+        self._writing_paused = False
+        try:
+            self._protocol.resume_writing()  # type: ignore[union-attr]
+        except Exception:
+            log.exception("protocol.resume_writing() failed on %r", self)
