@@ -201,9 +201,7 @@ class BlockingRung(Rung):
                 if not st.released:
                     self._report(st, conn._on_error, exc)
                 break
-            more: list[bool] = []
-            self._report(st, lambda: more.append(self._sent(conn, chunk, n)))
-            if not more or not more[0]:
+            if not self._report(st, self._sent, conn, chunk, n):
                 break
         with st.cond:
             st.writer = None
@@ -215,17 +213,20 @@ class BlockingRung(Rung):
         return conn._on_sent(n)
 
     @staticmethod
-    def _report(st: _Conn, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn`` in the strand and wait until it has run (it may be queued)."""
+    def _report(st: _Conn, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the strand, wait until it has run (it may be queued), return its
+        result."""
         st.sent_event.clear()
+        result: list[Any] = [None]
 
         def call() -> None:
             try:
-                fn(*args)
+                result[0] = fn(*args)
             finally:
                 st.sent_event.set()
         st.strand.run(call)
         st.sent_event.wait()
+        return result[0]
 
     # ------------------------------------------------------------------------ driver API
     def dispatch(self, conn: Transport, fn: Callable[..., Any], *args: Any) -> None:
