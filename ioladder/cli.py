@@ -1,0 +1,120 @@
+"""The ``ioladder`` command: ``serve``, ``models``, ``load``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+
+from rich.console import Console
+from rich.table import Table
+
+from . import rungs
+from .apps import APPS
+
+log = logging.getLogger("ioladder")
+
+
+def models_table() -> Table:
+    """The ladder as ``ioladder models`` prints it, built from the rung classes themselves."""
+    table = Table(title="The ioladder rungs (bottom of the ladder first)", show_lines=True)
+    for col in ("id", "seed concept", "Windows API", "Linux mechanism", "trait kept",
+                "available here"):
+        table.add_column(col, overflow="fold")
+    for name in rungs.names():
+        why = rungs.reason(name)
+        try:
+            cls = rungs.get(name)
+            row = [cls.seed, cls.windows_api, cls.mechanism, cls.trait]
+        except ImportError as exc:
+            row = ["?", "?", "?", f"cannot load: {exc}"]
+        table.add_row(name, *row, "yes" if why is None else f"no: {why}")
+    return table
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    console = Console()
+    if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+        console = Console(width=180)
+    console.print(models_table())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    factory = APPS[args.app]
+    srv = serve(factory, args.host, args.port, model=args.model, backlog=args.backlog,
+                max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                linger=args.linger)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    addrs = ", ".join(f"{a[0]}:{a[1]}" for a in srv.addresses)
+    print(f"ioladder: serving app {args.app!r} on {addrs} with rung {srv.model!r} "
+          f"(Ctrl-C to stop)", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("ioladder: shutting down gracefully", flush=True)
+    srv.shutdown(args.shutdown_timeout)
+    return 0
+
+
+def cmd_delegate(module: str):  # noqa: ANN201 - returns a handler
+    def run(args: argparse.Namespace) -> int:
+        mod = importlib.import_module(module)
+        return int(mod.main(args.rest) or 0)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ioladder", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="print the ladder: rungs, mechanisms, availability")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("serve", help="run a built-in app on a rung")
+    p.add_argument("--model", default="auto", choices=[*rungs.names(), "auto"])
+    p.add_argument("--app", default="echo", choices=sorted(APPS))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--backlog", type=int, default=1024)
+    p.add_argument("--max-connections", type=int, default=None)
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
+                   help="LingerOption: 0 = reset on close, N = close waits up to N s")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_serve)
+
+    for name, module, text in (
+        ("load", "ioladder.bench.loadgen", "drive a server with the load generator"),
+        ("bench", "ioladder.bench.runner", "measure the ladder and its peers"),
+        ("demo", "ioladder.bench.demo", "the quick tour: every rung under one load"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_delegate(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (rungs.UnknownModel, rungs.ModelUnavailable) as exc:
+        print(f"ioladder: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
