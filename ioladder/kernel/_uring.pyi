@@ -1,0 +1,273 @@
+"""Type stub for the io_uring C extension (see ioladder/kernel/uring.py for the design)."""
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from typing_extensions import Buffer, Self
+
+Completion = tuple[Any, int, int]
+"""(ctx, res, flags): the op's ctx, the raw CQE result (-errno on failure), the CQE flags."""
+
+class UringUnavailable(OSError):
+    """io_uring cannot be used here; str() names the exact cause."""
+
+class Ring:
+    def __new__(
+        cls,
+        entries: int = 256,
+        *,
+        flags: int = 0,
+        cq_entries: int = 0,
+        single_issuer: bool = True,
+    ) -> Self: ...
+    # --- op preparation: each returns the op id (the kernel's user_data) ---
+    def prep_nop(self, ctx: object, *, link: bool = False, hardlink: bool = False) -> int: ...
+    def prep_accept(
+        self,
+        fd: int,
+        ctx: object,
+        multishot: bool = False,
+        *,
+        flags: int = ...,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_connect(
+        self,
+        fd: int,
+        sockaddr: tuple[str, int] | tuple[str, int, int, int],
+        ctx: object,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_recv(
+        self,
+        fd: int,
+        buffer: Buffer,
+        ctx: object,
+        flags: int = 0,
+        *,
+        start: int = 0,
+        nbytes: int = -1,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_recv_multishot(
+        self,
+        fd: int,
+        bufring: BufferRing,
+        ctx: object,
+        flags: int = 0,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_send(
+        self,
+        fd: int,
+        data: Buffer,
+        ctx: object,
+        flags: int = ...,
+        *,
+        start: int = 0,
+        nbytes: int = -1,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_sendmsg(
+        self,
+        fd: int,
+        buffers: Sequence[Buffer],
+        ctx: object,
+        flags: int = ...,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_read(
+        self,
+        fd: int,
+        buffer: Buffer,
+        ctx: object,
+        offset: int = -1,
+        *,
+        start: int = 0,
+        nbytes: int = -1,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_write(
+        self,
+        fd: int,
+        data: Buffer,
+        ctx: object,
+        offset: int = -1,
+        *,
+        start: int = 0,
+        nbytes: int = -1,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_poll_add(
+        self,
+        fd: int,
+        mask: int,
+        ctx: object,
+        multishot: bool = False,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_shutdown(
+        self, fd: int, how: int, ctx: object, *, link: bool = False, hardlink: bool = False
+    ) -> int: ...
+    def prep_close(
+        self, fd: int, ctx: object, *, link: bool = False, hardlink: bool = False
+    ) -> int: ...
+    def prep_cancel(
+        self, op_id: int, ctx: object, *, link: bool = False, hardlink: bool = False
+    ) -> int: ...
+    def prep_cancel_fd(
+        self,
+        fd: int,
+        ctx: object,
+        all: bool = True,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_timeout(
+        self,
+        seconds: float,
+        ctx: object,
+        count: int = 0,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    def prep_link_timeout(
+        self, seconds: float, ctx: object, *, link: bool = False, hardlink: bool = False
+    ) -> int: ...
+    def prep_splice(
+        self,
+        fd_in: int,
+        off_in: int,
+        fd_out: int,
+        off_out: int,
+        nbytes: int,
+        ctx: object,
+        flags: int = 0,
+        *,
+        link: bool = False,
+        hardlink: bool = False,
+    ) -> int: ...
+    # --- submission and completion ---
+    def submit(self) -> int: ...
+    def wait(
+        self, min_complete: int = 1, timeout: float | None = None, max_complete: int = 0
+    ) -> list[Completion]: ...
+    def reap(self, max_complete: int = 0) -> list[Completion]: ...
+    def wake(self) -> None: ...
+    # --- features and resources ---
+    def supports(self, op: str | int) -> bool: ...
+    def buffer_ring(self, group_id: int, count: int, size: int) -> BufferRing: ...
+    def close(self) -> None: ...
+    def fileno(self) -> int: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    @property
+    def fd(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def sq_entries(self) -> int: ...
+    @property
+    def cq_entries(self) -> int: ...
+    @property
+    def setup_flags(self) -> int: ...
+    @property
+    def features(self) -> dict[str, bool]: ...
+    @property
+    def features_mask(self) -> int: ...
+    @property
+    def supported_ops(self) -> frozenset[str]: ...
+    @property
+    def overflow_count(self) -> int: ...
+    @property
+    def cq_dropped(self) -> int: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def single_issuer(self) -> bool: ...
+    @property
+    def has_multishot_accept(self) -> bool: ...
+    @property
+    def has_recv_multishot(self) -> bool: ...
+    @property
+    def has_buffer_rings(self) -> bool: ...
+
+class BufferRing:
+    def take(self, bid: int, nbytes: int) -> bytes: ...
+    def view(self, bid: int, nbytes: int) -> memoryview: ...
+    def recycle(self, bid: int) -> None: ...
+    def close(self) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    @property
+    def available(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def group_id(self) -> int: ...
+    @property
+    def registered(self) -> bool: ...
+
+def _availability() -> str | None: ...
+def _reason_for_errno(
+    errno: int, io_uring_disabled: int = -2, io_uring_group: int = -2
+) -> str: ...
+
+CQE_F_BUFFER: int
+CQE_F_MORE: int
+CQE_F_SOCK_NONEMPTY: int
+CQE_F_NOTIF: int
+CQE_BUFFER_SHIFT: int
+SETUP_CLAMP: int
+SETUP_SUBMIT_ALL: int
+SETUP_COOP_TASKRUN: int
+SETUP_TASKRUN_FLAG: int
+SETUP_SINGLE_ISSUER: int
+SETUP_DEFER_TASKRUN: int
+SETUP_CQSIZE: int
+FEAT_SINGLE_MMAP: int
+FEAT_NODROP: int
+FEAT_EXT_ARG: int
+EPOLLIN: int
+EPOLLPRI: int
+EPOLLOUT: int
+EPOLLERR: int
+EPOLLHUP: int
+EPOLLRDHUP: int
+MSG_NOSIGNAL: int
+MSG_WAITALL: int
+MSG_DONTWAIT: int
+MSG_MORE: int
+MSG_PEEK: int
+SOCK_NONBLOCK: int
+SOCK_CLOEXEC: int
+SHUT_RD: int
+SHUT_WR: int
+SHUT_RDWR: int
+SPLICE_F_MOVE: int
+SPLICE_F_NONBLOCK: int
+SPLICE_F_MORE: int
