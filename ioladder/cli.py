@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -44,26 +46,50 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .apps import AppOptions, make_factory
     from .server import serve
 
-    factory = APPS[args.app]
-    srv = serve(factory, args.host, args.port, model=args.model, backlog=args.backlog,
-                max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-                linger=args.linger)
+    if args.workers < 1:
+        print("ioladder: --workers must be >= 1", file=sys.stderr)
+        return 2
+    root = os.path.abspath(args.root) if args.root is not None else None
+    options = AppOptions(root=root, workers=args.workers)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if args.workers > 1:
+            from .workers import serve_workers
+            srv: Any = serve_workers(
+                args.app, args.host, args.port, workers=args.workers, model=args.model,
+                app_options=options, backlog=args.backlog,
+                max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                linger=args.linger, shutdown_timeout=args.shutdown_timeout)
+            how = f"{args.workers} workers (pids {', '.join(map(str, srv.pids))})"
+        else:
+            srv = serve(make_factory(args.app, options), args.host, args.port,
+                        model=args.model, backlog=args.backlog,
+                        max_connections=args.max_connections,
+                        idle_timeout=args.idle_timeout, linger=args.linger,
+                        reuse_port=args.reuse_port)
+            how = f"pid {os.getpid()}"
+    except (ValueError, TypeError, RuntimeError, TimeoutError, OSError) as exc:
+        if isinstance(exc, rungs.ModelUnavailable):
+            raise
+        print(f"ioladder: {exc}", file=sys.stderr)
+        return 2
     addrs = ", ".join(f"{a[0]}:{a[1]}" for a in srv.addresses)
-    print(f"ioladder: serving app {args.app!r} on {addrs} with rung {srv.model!r} "
+    print(f"ioladder: serving app {args.app!r} on {addrs} with rung {srv.model!r}, {how} "
           f"(Ctrl-C to stop)", flush=True)
     while not stop.wait(0.5):
-        pass
+        if args.workers > 1 and srv.wait_closed(0):
+            break  # the supervisor gave up
     print("ioladder: shutting down gracefully", flush=True)
-    srv.shutdown(args.shutdown_timeout)
-    return 0
+    clean = srv.shutdown(args.shutdown_timeout)
+    return 0 if clean is not False else 1
 
 
 def cmd_delegate(module: str):  # noqa: ANN201 - returns a handler
@@ -92,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
                    help="LingerOption: 0 = reset on close, N = close waits up to N s")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="directory served by --app http (under /static/) and --app files "
+                        "(the whole tree; default: the current directory)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N processes sharing the port with SO_REUSEPORT, supervised "
+                        "(restarted if they die); default 1: in-process, no supervisor")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="bind with SO_REUSEPORT (several servers may share the port)")
     p.set_defaults(func=cmd_serve)
 
     for name, module, text in (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import struct
 import threading
@@ -40,7 +41,9 @@ class ServerCore:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.linger = linger
-        self._linger_opt = (struct.pack("ii", 1, int(linger)) if linger is not None else None)
+        # SO_LINGER counts whole seconds: round up, or linger=0.5 would become 0, a reset.
+        self._linger_opt = (struct.pack("ii", 1, math.ceil(linger)) if linger is not None
+                            else None)
         self.connections: set[Transport] = set()
         self._cond = threading.Condition()
         self.accepted_total = 0
@@ -281,7 +284,7 @@ class Server:
 def serve(protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1", port: int = 0, *,
           model: str = "auto", backlog: int = 1024, max_connections: int | None = None,
           idle_timeout: float | None = None, linger: float | None = None,
-          reuse_port: bool = False) -> Server:
+          reuse_port: bool = False, workers: int = 1) -> Server:
     """Serve ``protocol_factory`` (any ``asyncio.Protocol`` factory) over TCP on one rung.
 
     Returns a started :class:`Server`. ``model`` is a rung id (``ioladder models`` lists
@@ -289,7 +292,17 @@ def serve(protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1", por
     ``linger`` mirrors .NET's ``LingerOption``: None keeps the kernel default (close returns
     at once, queued bytes still go out), 0 makes every close a reset, N > 0 makes close wait
     up to N seconds for queued bytes.
+
+    ``workers=N > 1`` serves from N supervised processes sharing the port (``SO_REUSEPORT``)
+    and returns an :class:`ioladder.workers.WorkerPool` with the same interface;
+    ``protocol_factory`` must then be importable by a new process (a module-level class or
+    function, or a ``"module:attr"`` string). See :func:`ioladder.workers.serve_workers`.
     """
+    if workers != 1:
+        from .workers import serve_workers
+        return serve_workers(protocol_factory, host, port, workers=workers,  # type: ignore
+                             model=model, backlog=backlog, max_connections=max_connections,
+                             idle_timeout=idle_timeout, linger=linger)
     return Server(protocol_factory, host, port, model=model, backlog=backlog,
                   max_connections=max_connections, idle_timeout=idle_timeout, linger=linger,
                   reuse_port=reuse_port)
