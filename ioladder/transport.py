@@ -24,6 +24,13 @@ The driver interface (what a rung implements; see ``ioladder.rungs.base.Rung``):
 ``dispatch(conn, fn, *args)``, ``in_context(conn)``, ``start_send(conn)``,
 ``set_reading(conn, on)``, ``shutdown_write(conn)``, ``release(conn, abort)``. The driver reports
 back through ``_on_data``, ``_on_eof``, ``_on_sent``, ``_on_error`` and ``_on_released``.
+
+Optional (TransmitFile): a driver whose class sets ``supports_sendfile = True`` accepts
+``sendfile_nowait(file, offset, count)``: the file region is queued in the write buffer as a
+:class:`FileSpan`, in order with the bytes around it, and ``_next_chunk()`` may then return that
+span; the driver moves its bytes without copying them through Python and reports them with
+``_on_sent(n)`` like any other chunk. On drivers without it the method returns False and the
+caller writes the file itself.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import socket
 import time
 from asyncio import trsock
@@ -47,6 +55,32 @@ _monotonic = time.monotonic
 DEFAULT_HIGH_WATER = 64 * 1024
 #: Small chunks are coalesced into one send of at most this many bytes.
 _COALESCE = 256 * 1024
+
+
+class FileSpan:
+    """``count`` bytes of ``file`` from ``offset``: a write-buffer item queued by
+    ``Transport.sendfile_nowait``. The transport owns ``file`` and closes it once the span is
+    sent or the buffer is dropped."""
+
+    __slots__ = ("file", "fd", "offset", "count")
+
+    def __init__(self, file: Any, fd: int, offset: int, count: int) -> None:
+        self.file = file
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # a broken file object must not break the connection's teardown
+            log.exception("closing the file of %r failed", self)
+
+    def __repr__(self) -> str:
+        return f"<FileSpan fd={self.fd} offset={self.offset} count={self.count}>"
 
 
 class Transport(asyncio.Transport):
@@ -83,6 +117,7 @@ class Transport(asyncio.Transport):
         self._shut_wr = False          # shutdown(SHUT_WR) handed to the driver
         self._paused = False           # pause_reading() in force
         self._held: list[bytes] = []   # data that arrived while paused
+        self._eof_held = False         # the peer's EOF arrived while paused
         self._eof = False              # peer's EOF seen
         self._released = False         # driver.release() called
         self._lost = False             # connection_lost delivered
@@ -153,6 +188,12 @@ class Transport(asyncio.Transport):
         """The peer shut its write side down (recv returned 0)."""
         if self._closing or self._eof:
             return
+        if self._paused:
+            # A receive in flight when reading was paused (a blocking recv, a completion op)
+            # may end in EOF: hold it like data. eof_received() comes at resume_reading(),
+            # after the held bytes (_on_data drops anything that arrives after the EOF).
+            self._eof_held = True
+            return
         self._eof = True
         self._driver.set_reading(self, False)
         try:
@@ -172,11 +213,11 @@ class Transport(asyncio.Transport):
     def _next_chunk(self) -> bytes | memoryview:
         """The bytes the driver should send next (the buffer is not empty)."""
         buf = self._buffer
-        if len(buf) > 1 and len(buf[0]) < _COALESCE:
+        if len(buf) > 1 and len(buf[0]) < _COALESCE and type(buf[0]) is not FileSpan:
             # Coalesce small writes into one send: fewer syscalls or ring ops per byte.
             parts = [buf.popleft()]
             size = len(parts[0])
-            while buf and size + len(buf[0]) <= _COALESCE:
+            while buf and size + len(buf[0]) <= _COALESCE and type(buf[0]) is not FileSpan:
                 part = buf.popleft()
                 parts.append(part)
                 size += len(part)
@@ -195,6 +236,11 @@ class Transport(asyncio.Transport):
             chunk = buf[0]
             if n >= len(chunk):
                 buf.popleft()
+                if type(chunk) is FileSpan:
+                    chunk.close()
+            elif type(chunk) is FileSpan:
+                chunk.offset += n
+                chunk.count -= n
             else:
                 buf[0] = memoryview(chunk)[n:]
             self._buffer_size -= n
@@ -218,8 +264,7 @@ class Transport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
-        self._buffer.clear()
-        self._buffer_size = 0
+        self._drop_buffer()
         try:
             if self._protocol is not None:
                 self._protocol.connection_lost(self._exc)
@@ -243,13 +288,20 @@ class Transport(asyncio.Transport):
     def _force_close(self, exc: BaseException | None) -> None:
         if self._released:
             return
-        self._buffer.clear()
-        self._buffer_size = 0
+        self._drop_buffer()
         if not self._closing:
             self._closing = True
             self._driver.set_reading(self, False)
         self._exc = exc
         self._release(abort=True)
+
+    def _drop_buffer(self) -> None:
+        buf = self._buffer
+        for item in buf:
+            if type(item) is FileSpan:
+                item.close()
+        buf.clear()
+        self._buffer_size = 0
 
     def _release(self, abort: bool) -> None:
         if self._released:
@@ -296,7 +348,12 @@ class Transport(asyncio.Transport):
         self._paused = False
         while self._held and not self._paused and not self._closing:
             self._on_data(self._held.pop(0))
-        if not self._eof and not self._paused and not self._closing:
+        if self._paused or self._closing:
+            return
+        if self._eof_held:
+            self._eof_held = False
+            self._on_eof()
+        elif not self._eof:
             self._driver.set_reading(self, True)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
@@ -346,6 +403,39 @@ class Transport(asyncio.Transport):
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
+
+    def sendfile_nowait(self, file: Any, offset: int = 0, count: int | None = None) -> bool:
+        """Queue ``count`` bytes of ``file`` from ``offset`` (None: to its end) behind the bytes
+        already written, without copying them through Python (the article's TransmitFile).
+
+        Call it in the connection's context. True: queued; the bytes count in
+        ``get_write_buffer_size()`` (flow control applies), ``close()`` flushes them, the
+        transport owns ``file`` and closes it once sent or when the connection ends, and a
+        file shorter than ``count`` aborts the connection. False: nothing was queued (the rung
+        cannot, or the transport is closing) and the caller still owns ``file``.
+        """
+        if (not getattr(self._driver, "supports_sendfile", False) or self._closing
+                or self._eof_requested or self._released or not self._in_context()):
+            return False
+        try:
+            fd = file.fileno()
+            if count is None:
+                count = max(0, os.fstat(fd).st_size - offset)
+        except (AttributeError, OSError, ValueError):
+            return False
+        if offset < 0 or count < 0:
+            raise ValueError(f"offset ({offset}) and count ({count}) must be >= 0")
+        if count == 0:
+            FileSpan(file, fd, offset, 0).close()
+            return True
+        self._buffer.append(FileSpan(file, fd, offset, count))
+        self._buffer_size += count
+        if not self._sending:
+            self._sending = True
+            self._driver.start_send(self)
+        if self._buffer_size > self._high:
+            self._maybe_pause_protocol()
+        return True
 
     def write_eof(self) -> None:
         if not self._in_context():

@@ -19,6 +19,8 @@ log = logging.getLogger("ioladder")
 LADDER: dict[str, str] = {
     "blocking": "ioladder.rungs.blocking",
     "select": "ioladder.rungs.select",
+    "asyncselect": "ioladder.rungs.asyncselect",
+    "eventselect": "ioladder.rungs.eventselect",
     "epoll": "ioladder.rungs.epoll",
 }
 

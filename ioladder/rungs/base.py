@@ -12,6 +12,13 @@ Two helpers are shared here because several rungs need them and they must be wri
 * :func:`close_socket` — the end of a connection's life: a graceful close drains what the peer
   already sent (so the kernel does not answer our FIN with a reset that destroys bytes still in
   flight to the peer), an abort sets ``SO_LINGER {1, 0}`` so the peer sees a reset.
+* :func:`unsent_bytes` and :func:`linger_timeout` — the *lingering close*. Draining at close()
+  is not enough while the peer keeps sending: Linux answers data that reaches a closed socket
+  with a reset too, and a reset throws away every byte the peer has not acknowledged yet (a
+  slow reader can leave megabytes there). So a graceful release shuts the write side down,
+  then keeps the descriptor open, reading and discarding, until the peer has acknowledged
+  everything (``unsent_bytes() == 0``), sent its own EOF, or ``linger_timeout()`` has passed
+  (then it resets); only then does it close and report ``_on_released``.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from __future__ import annotations
 import abc
 import collections
 import errno
+import fcntl
 import logging
 import socket
 import struct
+import termios
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +51,11 @@ ACCEPT_TRANSIENT = frozenset({errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, er
                               errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH})
 #: how long to stop accepting after an exhaustion error.
 ACCEPT_BACKOFF = 0.1
+#: how long a graceful close waits for the peer to acknowledge our last bytes before it gives
+#: up with a reset (the server's ``linger=N`` option sets it instead).
+LINGER_TIMEOUT = 5.0
+#: how often a lingering close looks at the send queue: no readiness event says "all acked".
+LINGER_POLL = 0.01
 
 
 def close_socket(sock: socket.socket, abort: bool, shutdown: bool = True) -> None:
@@ -58,6 +72,21 @@ def close_socket(sock: socket.socket, abort: bool, shutdown: bool = True) -> Non
     except OSError:
         pass
     sock.close()
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``; a FIN
+    counts as one). 0 when the socket cannot say (closed, not TCP)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+
+
+def linger_timeout(core: ServerCore) -> float:
+    """How long a graceful close may linger: the server's ``linger=N`` (N > 0), else
+    :data:`LINGER_TIMEOUT`."""
+    return core.linger if core.linger else LINGER_TIMEOUT
 
 
 def drain_input(sock: socket.socket) -> None:

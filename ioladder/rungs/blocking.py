@@ -19,8 +19,10 @@ connection released *before* doing so, so that wake-up is never mistaken for the
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import os
 import socket
 import threading
 import time
@@ -28,7 +30,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import Rung, Strand, close_socket
+from .base import (
+    _LINGER_RESET,
+    LINGER_POLL,
+    Rung,
+    Strand,
+    close_socket,
+    linger_timeout,
+    unsent_bytes,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -38,11 +48,34 @@ RECV_SIZE = 256 * 1024
 THREAD_STACK = 256 * 1024
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockaddrUnspec(ctypes.Structure):
+    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
+
+
+_UNSPEC = _SockaddrUnspec(socket.AF_UNSPEC)
+
+
+def _reset_now(sock: socket.socket) -> None:
+    """Reset a connected TCP socket without closing its descriptor.
+
+    ``connect(AF_UNSPEC)`` runs the kernel's ``tcp_disconnect()``: it sends RST, drops unsent
+    data and wakes every thread blocked in ``send()``/``recv()`` on the socket with an error.
+    Python's ``socket.connect`` cannot pass an AF_UNSPEC address, hence libc. If the kernel
+    refuses, fall back to SHUT_WR (the writer wakes; the peer may see a FIN before the RST).
+    """
+    if _libc.connect(sock.fileno(), ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC)) != 0:
+        log.debug("connect(AF_UNSPEC) failed: %s", os.strerror(ctypes.get_errno()))
+        sock.shutdown(socket.SHUT_WR)
+
+
 class _Conn:
     """The rung's per-connection state: its strand, reader and writer threads."""
 
     __slots__ = ("strand", "cond", "reading", "released", "abort", "writer", "reader",
-                 "sent_event")
+                 "sent_event", "lingering", "lingerer", "peer_gone")
 
     def __init__(self) -> None:
         self.strand = Strand()
@@ -53,6 +86,9 @@ class _Conn:
         self.writer: threading.Thread | None = None
         self.reader: threading.Thread | None = None
         self.sent_event = threading.Event()
+        self.lingering = False  # released, but the peer has not acknowledged everything yet
+        self.lingerer: threading.Thread | None = None
+        self.peer_gone = False  # the reader saw the peer's EOF or an error after release
 
 
 class BlockingRung(Rung):
@@ -71,6 +107,7 @@ class BlockingRung(Rung):
         self._accepting = True
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._stopping = False
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self, listeners: list[socket.socket]) -> None:
@@ -101,6 +138,7 @@ class BlockingRung(Rung):
             sock.close()
 
     def stop(self) -> None:
+        self._stopping = True  # lingering closes give up (reset) at once
         self.stop_accepting()
         with self._lock:
             threads = list(self._threads)
@@ -162,7 +200,7 @@ class BlockingRung(Rung):
             with st.cond:
                 while not st.reading and not st.released:
                     st.cond.wait()
-                if st.released:
+                if st.released and not st.lingering:
                     break
             try:
                 data = sock.recv(RECV_SIZE)
@@ -172,7 +210,9 @@ class BlockingRung(Rung):
                 st.strand.run(conn._on_error, exc)
                 continue
             if st.released:
-                break  # our own shutdown(SHUT_RD) woke us: not the peer's EOF
+                if data and st.lingering:
+                    continue  # a lingering close discards what the peer still sends
+                break  # our own shutdown(SHUT_RD) woke us, or the peer ended: not an EOF to report
             if data:
                 st.strand.run(conn._on_data, data)
             else:
@@ -180,9 +220,10 @@ class BlockingRung(Rung):
                     st.reading = False
                 st.strand.run(conn._on_eof)
         # Released: only now may the descriptor go, once no thread of ours uses it.
-        writer = st.writer
-        if writer is not None:
-            writer.join()
+        st.peer_gone = True
+        for helper in (st.lingerer, st.writer):
+            if helper is not None:
+                helper.join()
         close_socket(sock, st.abort, shutdown=False)
         st.strand.run(conn._on_released)
 
@@ -190,6 +231,7 @@ class BlockingRung(Rung):
         """Block in send() until the transport's buffer is empty, then end."""
         st: _Conn = conn.rung_data
         sock = conn._sock
+        me = threading.current_thread()
         while not st.released:
             try:
                 chunk = conn._buffer[0]
@@ -201,16 +243,50 @@ class BlockingRung(Rung):
                 if not st.released:
                     self._report(st, conn._on_error, exc)
                 break
-            if not self._report(st, self._sent, conn, chunk, n):
+            if not self._report(st, self._sent, st, me, conn, chunk, n):
                 break
+        self._writer_done(st, me)
+
+    def _linger(self, conn: Transport) -> None:
+        """The lingering close's watch: the reader stays in recv(), discarding, while this
+        thread waits for the peer to acknowledge every byte, then wakes it with SHUT_RD (no
+        readiness event says "all acked", and SHUT_RD any earlier would make the kernel answer
+        the peer's next bytes with a reset that destroys ours)."""
+        st: _Conn = conn.rung_data
+        sock = conn._sock
+        deadline = time.monotonic() + linger_timeout(self.core)
+        while not st.peer_gone and unsent_bytes(sock):
+            if self._stopping or time.monotonic() >= deadline:
+                st.abort = True  # give up: the reader's close() resets
+                break
+            time.sleep(LINGER_POLL)
         with st.cond:
-            st.writer = None
+            st.lingering = False
+        try:
+            if st.abort:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.shutdown(socket.SHUT_RD)  # wake the reader parked in recv()
+        except OSError:
+            pass
 
     @staticmethod
-    def _sent(conn: Transport, chunk: Any, n: int) -> bool:
+    def _sent(st: _Conn, me: threading.Thread, conn: Transport, chunk: Any, n: int) -> bool:
         if conn._released or not conn._buffer or conn._buffer[0] is not chunk:
-            return False  # aborted meanwhile
-        return conn._on_sent(n)
+            more = False  # aborted meanwhile
+        else:
+            more = conn._on_sent(n)
+        if not more:
+            # The flush is over. Give up the writer slot now, inside the strand: a write that
+            # runs in the strand right after this must see no writer and start its own, or its
+            # bytes would wait forever behind a writer thread that is already leaving.
+            BlockingRung._writer_done(st, me)
+        return more
+
+    @staticmethod
+    def _writer_done(st: _Conn, me: threading.Thread) -> None:
+        with st.cond:
+            if st.writer is me:
+                st.writer = None
 
     @staticmethod
     def _report(st: _Conn, fn: Callable[..., Any], *args: Any) -> Any:
@@ -271,17 +347,44 @@ class BlockingRung(Rung):
     def release(self, conn: Transport, abort: bool) -> None:
         st: _Conn = conn.rung_data
         sock = conn._sock
+        if self.core.linger == 0:
+            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
+        linger = False
+        if not abort:
+            try:
+                if not conn._shut_wr:
+                    sock.shutdown(socket.SHUT_WR)
+                linger = unsent_bytes(sock) > 0 and not self._stopping
+            except OSError:
+                pass  # the peer is gone already: nothing left to protect
         with st.cond:
             st.released = True
             st.abort = abort
+            st.lingering = linger
+            if linger:
+                # The lingering close (see rungs.base): the reader keeps reading and
+                # discarding; a watcher thread wakes it once the peer has acknowledged
+                # everything. Published under the lock that publishes the release, so the
+                # reader, which looks only after it has seen the release, joins it.
+                st.lingerer = self._spawn(self._linger, conn,
+                                          name=f"ioladder-linger-{conn._fd}")
             st.cond.notify()
+        if linger:
+            return
         try:
             if abort:
-                # Wake a writer blocked in send() too; close() then resets (SO_LINGER 0).
-                sock.shutdown(socket.SHUT_RDWR)
+                # The peer must see a reset, never a FIN first: once a FIN has arrived, Linux
+                # reports EOF to the peer's recv() even if a RST follows (tcp_reset() keeps
+                # SOCK_DONE), so shutdown(SHUT_WR) here would turn the abort into a graceful
+                # close. SO_LINGER {1, 0} makes the reader's close() a reset; SHUT_RD wakes the
+                # reader from recv().
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                sock.shutdown(socket.SHUT_RD)
+                if st.writer is not None:
+                    # A writer blocked in send() wakes only on SHUT_WR, whose FIN would reach
+                    # the peer before our reset as soon as the peer reads. Reset now instead.
+                    _reset_now(sock)
             else:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
                 sock.shutdown(socket.SHUT_RD)  # wake the reader parked in recv()
         except OSError:
             pass

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..transport import Transport
-from .base import Rung, close_socket
+from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
 
 log = logging.getLogger("ioladder")
 
@@ -46,6 +46,19 @@ class Listener:
         self.paused = False
 
 
+class Lingering:
+    """A released connection in its lingering close (see ``rungs.base``): write side shut,
+    input read and discarded, until the peer has acknowledged every byte or the deadline."""
+
+    __slots__ = ("conn", "sock", "_fd", "deadline")
+
+    def __init__(self, conn: Transport, deadline: float) -> None:
+        self.conn = conn
+        self.sock = conn._sock
+        self._fd = conn._fd  # the name the subclasses' _watch() reads
+        self.deadline = deadline
+
+
 class ReactorRung(Rung):
     """A readiness event loop on one thread; subclasses implement the wait."""
 
@@ -56,9 +69,12 @@ class ReactorRung(Rung):
         self._timers: list[tuple[float, int, Callable[[], Any]]] = []
         self._seq = itertools.count()
         self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()
         self._woken = False
         self._listeners: list[Listener] = []
         self._conns: set[Transport] = set()
+        self._lingering: set[Lingering] = set()
+        self._linger_ticking = False
         self._thread: threading.Thread | None = None
         self._tid: int | None = None
         self._running = False
@@ -90,7 +106,26 @@ class ReactorRung(Rung):
         self._thread.start()
 
     def stop_accepting(self) -> None:
-        self._call(self._close_listeners)
+        """Close the listeners; returns once they are closed, so that no connection is admitted
+        after it (``Server.shutdown()`` then closes a complete set of connections)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            for lst in self._listeners:  # no loop to race with (nor a wait set to leave)
+                lst.sock.close()
+            self._listeners.clear()
+            return
+        if threading.get_ident() == self._tid:
+            self._close_listeners()
+            return
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                self._close_listeners()
+            finally:
+                done.set()
+        self._call(close)
+        done.wait(5.0)
 
     def _close_listeners(self) -> None:
         for lst in self._listeners:
@@ -108,11 +143,17 @@ class ReactorRung(Rung):
 
     def _shutdown_loop(self) -> None:
         self._close_listeners()
+        for lg in list(self._lingering):
+            self._end_linger(lg, abort=True)
         for conn in list(self._conns):
-            self._unwatch(conn)
-            close_socket(conn._sock, abort=True)
-            conn._on_released()
-        self._conns.clear()
+            conn._force_close(None)  # through the transport, so later calls find it released
+        # The loop stops after this call: deliver the connection_lost calls queued just now.
+        while self._calls:
+            fn, args = self._calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("call %r failed in %s reactor", fn, self.name)
         self._running = False
 
     def thread_count(self) -> int:
@@ -131,7 +172,9 @@ class ReactorRung(Rung):
             log.exception("%s reactor crashed", self.name)
             raise
         finally:
-            os.close(self._wakefd)
+            with self._wake_lock:
+                os.close(self._wakefd)
+                self._wakefd = -1
             self._close_wait()
 
     def _watch_wakeup(self) -> None:
@@ -148,6 +191,12 @@ class ReactorRung(Rung):
                 self._drain_wakeup()
             elif type(obj) is Listener:
                 self._accept(obj)
+            elif type(obj) is Lingering:
+                self._linger_read(obj)
+            elif obj._released:
+                # Released by an earlier event of this same batch (select reports from a
+                # table built before the wait): its fd is closed, maybe already reused.
+                continue
             else:
                 if writable and obj._sending:
                     self._watch(obj, obj.rung_data, False)
@@ -166,18 +215,25 @@ class ReactorRung(Rung):
                 log.exception("call %r failed in %s reactor", fn, self.name)
 
     def _drain_wakeup(self) -> None:
-        self._woken = False
+        # Read first, clear the flag after. The other order loses wake-ups: a caller that sees
+        # the flag clear writes the eventfd; if that write lands before our read, the read
+        # consumes it while the flag stays set, and every later caller skips its write while
+        # the loop sleeps with calls queued (seen as a 10 s hang in Server.shutdown()).
         try:
             os.eventfd_read(self._wakefd)
         except BlockingIOError:
             pass
+        self._woken = False
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn`` for the loop thread from any thread and wake it."""
         self._calls.append((fn, args))
         if threading.get_ident() != self._tid and not self._woken:
             self._woken = True
-            os.eventfd_write(self._wakefd, 1)
+            with self._wake_lock:
+                # After the loop has ended the number may already belong to another file.
+                if self._wakefd >= 0:
+                    os.eventfd_write(self._wakefd, 1)
 
     def _call_later(self, delay: float, fn: Callable[[], Any]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
@@ -273,6 +329,64 @@ class ReactorRung(Rung):
     def release(self, conn: Transport, abort: bool) -> None:
         self._unwatch(conn)
         self._conns.discard(conn)
-        close_socket(conn._sock, abort, shutdown=not conn._shut_wr)
+        sock = conn._sock
+        if self.core.linger == 0:
+            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
+        if not abort:
+            try:
+                if not conn._shut_wr:
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone already: nothing left to protect
+            else:
+                if unsent_bytes(sock):
+                    self._linger(conn)
+                    return
+        close_socket(sock, abort, shutdown=False)
         # asyncio delivers connection_lost on a later loop iteration, never inside close().
         self._call(conn._on_released)
+
+    # ------------------------------------------------------------------- lingering close
+    def _linger(self, conn: Transport) -> None:
+        lg = Lingering(conn, time.monotonic() + linger_timeout(self.core))
+        self._lingering.add(lg)
+        self._watch(lg, True, False)  # the slot conn just gave up: never refused
+        if not self._linger_ticking:
+            self._linger_ticking = True
+            self._call_later(LINGER_POLL, self._linger_tick)
+
+    def _linger_tick(self) -> None:
+        now = time.monotonic()
+        for lg in list(self._lingering):
+            if not unsent_bytes(lg.sock):
+                self._end_linger(lg, abort=False)
+            elif now >= lg.deadline:
+                self._end_linger(lg, abort=True)
+        if self._lingering:
+            self._call_later(LINGER_POLL, self._linger_tick)
+        else:
+            self._linger_ticking = False
+
+    def _linger_read(self, lg: Lingering) -> None:
+        """The lingering peer sent something: discard it; its EOF or an error ends the wait."""
+        if lg not in self._lingering:
+            return
+        try:
+            for _ in range(16):
+                if not lg.sock.recv(RECV_SIZE):
+                    # The peer's EOF: it sends nothing more, so close() cannot provoke a
+                    # reset; the kernel still delivers what is queued, then our FIN.
+                    self._end_linger(lg, abort=False)
+                    return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._end_linger(lg, abort=True)
+
+    def _end_linger(self, lg: Lingering, abort: bool) -> None:
+        if lg not in self._lingering:
+            return
+        self._lingering.discard(lg)
+        self._unwatch(lg)
+        close_socket(lg.sock, abort, shutdown=False)
+        self._call(lg.conn._on_released)
