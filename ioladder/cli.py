@@ -99,6 +99,14 @@ def cmd_delegate(module: str):  # noqa: ANN201 - returns a handler
     return run
 
 
+#: subcommands whose arguments belong to another module's ``main(argv)``
+DELEGATED = {
+    "load": ("ioladder.bench.loadgen", "drive a server with the load generator"),
+    "bench": ("ioladder.bench.runner", "measure the ladder and its peers"),
+    "demo": ("ioladder.bench.demo", "the quick tour: every rung under one load"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ioladder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -128,11 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind with SO_REUSEPORT (several servers may share the port)")
     p.set_defaults(func=cmd_serve)
 
-    for name, module, text in (
-        ("load", "ioladder.bench.loadgen", "drive a server with the load generator"),
-        ("bench", "ioladder.bench.runner", "measure the ladder and its peers"),
-        ("demo", "ioladder.bench.demo", "the quick tour: every rung under one load"),
-    ):
+    for name, (module, text) in DELEGATED.items():
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_delegate(module))
@@ -140,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse's REMAINDER does not take an argument list that starts with an option
+    # (`ioladder bench --quick` fails, bpo-17050): hand it over before argparse.
+    for i, word in enumerate(argv):
+        if word in DELEGATED and all(w in ("-v", "--verbose") for w in argv[:i]):
+            logging.basicConfig(level=logging.INFO if i else logging.WARNING,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            return int(importlib.import_module(DELEGATED[word][0]).main(argv[i + 1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

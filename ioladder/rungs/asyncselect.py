@@ -69,7 +69,7 @@ from typing import Any, ClassVar
 
 from ..kernel import signals as ksig
 from ..transport import Transport
-from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
 
 log = logging.getLogger("ioladder")
 
@@ -192,6 +192,7 @@ class AsyncSelectRung(Rung):
     def __init__(self, core: Any, signum: int | str | None = None) -> None:
         super().__init__(core)
         self.signum = resolve_signal(signum, type(self).default_signal)
+        self._rx = Receiver(RECV_SIZE)  # the pump thread's
         self._listeners: list[_Listener] = []
         self._conns: set[Transport] = set()
         self._lingering: set[_Linger] = set()
@@ -491,7 +492,7 @@ class AsyncSelectRung(Rung):
         n = count or READ_BUDGET
         for _ in range(min(n, READ_BUDGET)):
             try:
-                data = sock.recv(RECV_SIZE)
+                data = self._rx.recv(sock)
             except (BlockingIOError, InterruptedError):
                 return  # drained: a later event raises a new signal
             except OSError as exc:

@@ -74,6 +74,30 @@ def close_socket(sock: socket.socket, abort: bool, shutdown: bool = True) -> Non
     sock.close()
 
 
+class Receiver:
+    """``recv()`` into one reused buffer, returning exactly the bytes received.
+
+    Why: ``sock.recv(256 KiB)`` makes CPython allocate 256 KiB and then shrink it to what
+    arrived; that size is above glibc's mmap threshold, so each call costs ``mmap``, ``mremap``
+    and ``munmap`` — three extra syscalls per message, measured with ``perf trace`` (5 syscalls
+    per echo round trip against the C floor's 2). Receiving into a buffer kept for the thread's
+    lifetime and copying out ``n`` bytes costs one small allocation instead. One Receiver per
+    thread: it is not shared across threads.
+    """
+
+    __slots__ = ("_buf", "_view", "size")
+
+    def __init__(self, size: int = 256 * 1024) -> None:
+        self.size = size
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+
+    def recv(self, sock: socket.socket) -> bytes:
+        """One ``recv`` (raises what it raises); ``b""`` is the peer's EOF."""
+        n = sock.recv_into(self._buf)
+        return self._view[:n].tobytes()
+
+
 def unsent_bytes(sock: socket.socket) -> int:
     """Bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``; a FIN
     counts as one). 0 when the socket cannot say (closed, not TCP)."""

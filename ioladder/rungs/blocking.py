@@ -42,7 +42,10 @@ from .base import (
 
 log = logging.getLogger("ioladder")
 
-RECV_SIZE = 256 * 1024
+#: per recv(); below glibc's mmap threshold, so CPython's allocate-then-shrink of the bytes
+#: object stays in the heap (256 KiB costs mmap+mremap+munmap per call; a reused buffer per
+#: thread would cost 256 KiB of RSS per connection here).
+RECV_SIZE = 64 * 1024
 #: small stacks: thread-per-connection pays one per client (the default is 8 MiB of address
 #: space each).
 THREAD_STACK = 256 * 1024

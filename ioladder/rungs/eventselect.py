@@ -59,7 +59,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
 
 log = logging.getLogger("ioladder")
 
@@ -115,6 +115,7 @@ class _Group:
     def __init__(self, rung: EventSelectRung, index: int) -> None:
         self.rung = rung
         self.index = index
+        self.rx = Receiver(RECV_SIZE)  # this group thread's receive buffer
         #: sockets assigned to this group, counting ones still on their way to it; guarded by
         #: the rung's lock.
         self.load = 0
@@ -479,7 +480,7 @@ class EventSelectRung(Rung):
 
     def _read(self, conn: Transport, ev: _Event) -> None:
         try:
-            data = conn._sock.recv(RECV_SIZE)
+            data = ev.group.rx.recv(conn._sock)
         except (BlockingIOError, InterruptedError):
             data = None
         except OSError as exc:

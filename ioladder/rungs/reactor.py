@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
 
 log = logging.getLogger("ioladder")
 
@@ -64,6 +64,7 @@ class ReactorRung(Rung):
 
     def __init__(self, core: Any) -> None:
         super().__init__(core)
+        self._rx = Receiver(RECV_SIZE)
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque())
         self._timers: list[tuple[float, int, Callable[[], Any]]] = []
@@ -287,7 +288,7 @@ class ReactorRung(Rung):
 
     def _read(self, conn: Transport) -> None:
         try:
-            data = conn._sock.recv(RECV_SIZE)
+            data = self._rx.recv(conn._sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
