@@ -1,0 +1,1 @@
+"""The conformance suite: every registered rung against the one application contract."""
