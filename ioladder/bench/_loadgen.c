@@ -27,14 +27,16 @@
  *     server under test sees FIN, not RST.
  *
  * Kernel-facing choices: level-triggered EPOLLIN (one read per readiness, never a read that
- * just returns EAGAIN), EPOLLOUT armed only while a write is backed up, sendmsg() with
- * MSG_NOSIGNAL (a vector of pending messages in one call, no SIGPIPE), TCP_NODELAY, and
- * epoll_pwait2() for sub-millisecond sleeps in fixed-rate mode.
+ * just returns EAGAIN), EPOLLOUT armed only while a write is backed up, every pending message
+ * in one send() with MSG_NOSIGNAL (no SIGPIPE), TCP_NODELAY, and epoll_pwait2() for
+ * sub-millisecond sleeps in fixed-rate mode. Per round trip the generator makes the same
+ * syscalls as the C floor server (one read, one write, a share of one epoll wait).
  *
  * The histogram is HdrHistogram's log-linear layout (1 ns lowest, 60 s highest, 3 significant
  * figures) with the same index arithmetic as the `hdrhistogram` package, so each non-zero
  * bucket returned as (value, count) lands in the very same bucket when Python re-records it.
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -42,7 +44,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
@@ -58,6 +62,7 @@
 #define MAX_DEPTH 4096
 #define PAT_SPAN (1u << 16)         /* distinct message start offsets in the pattern table */
 #define RBUF_SIZE (256 * 1024)      /* one scratch receive buffer: one thread */
+#define WBUF_SIZE (64 * 1024)
 #define MAX_EVENTS 512
 #define MAX_IOV 64
 #define DRAIN_NS 2000000000ULL      /* how long to wait for in-flight echoes after the end */
@@ -131,6 +136,7 @@ typedef struct {
     uint32_t depth;
     uint64_t warmup_ns, duration_ns, connect_timeout_ns;
     double rate;
+    uint64_t spin_ns;       /* fixed rate: poll instead of sleeping when the next slot is this close */
     uint32_t connect_batch;
     int ready_fd, go_fd;
 
@@ -140,6 +146,7 @@ typedef struct {
     uint64_t *ts;           /* n * depth due times, ring per connection */
     uint8_t *pat;           /* PAT_SPAN + size bytes of pseudo-random pattern */
     uint8_t *rbuf;
+    uint8_t *wbuf;
     uint64_t *hist;
     int hist_len;
     uint32_t *opened_idx;   /* opened connections in slot order */
@@ -149,6 +156,8 @@ typedef struct {
     uint32_t started, inprog, opened, live;
     uint64_t inflight;      /* messages created but not yet fully received, live conns */
     uint64_t t_meas, t_end;
+    int pinned_cpu;         /* the one CPU this thread may run on, or -1 */
+    uint64_t core0[3], core1[3];    /* /proc/stat ticks of that CPU: busy, total, softirq */
     double period_ns;       /* fixed rate: ns between timeline slots */
     uint64_t t0, next_slot;
 
@@ -255,8 +264,26 @@ static void flush_out(gen_t *g, conn_t *c)
             iov[k].iov_base = (void *)(msg_bytes(g, ci, s) + off);
             iov[k].iov_len = g->size - off;
         }
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)k};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        size_t asked = 0;
+        for (int i = 0; i < k; i++)
+            asked += iov[i].iov_len;
+        ssize_t w;
+        if (k == 1) {
+            w = send(c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else if (asked <= WBUF_SIZE) {
+            /* Gather into one buffer: measured ~9% less generator CPU per round trip at 16 in
+             * flight than handing the kernel 16 small iovecs, and the same work as the echo
+             * server's single write. */
+            size_t o = 0;
+            for (int i = 0; i < k; i++) {
+                memcpy(g->wbuf + o, iov[i].iov_base, iov[i].iov_len);
+                o += iov[i].iov_len;
+            }
+            w = send(c->fd, g->wbuf, o, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+            w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -271,9 +298,6 @@ static void flush_out(gen_t *g, conn_t *c)
         uint64_t total = (uint64_t)c->woff + (uint64_t)w;
         c->wseq += total / g->size;
         c->woff = (uint32_t)(total % g->size);
-        size_t asked = 0;
-        for (int i = 0; i < k; i++)
-            asked += iov[i].iov_len;
         if ((size_t)w < asked) {        /* socket buffer full: wait for EPOLLOUT */
             set_out(g, c, 1);
             return;
@@ -481,14 +505,19 @@ static int wait_events(gen_t *g, struct epoll_event *evs, uint64_t now, uint64_t
     static int have_pwait2 = 1;
     uint64_t dt = until > now ? until - now : 0;
     int n;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
     if (have_pwait2) {
         struct timespec ts = {.tv_sec = (time_t)(dt / 1000000000ULL), .tv_nsec = (long)(dt % 1000000000ULL)};
         n = epoll_pwait2(g->ep, evs, MAX_EVENTS, &ts, NULL);
         if (n >= 0 || errno != ENOSYS)
             goto done;
-        have_pwait2 = 0;
+        have_pwait2 = 0;    /* kernel < 5.11 */
     }
+#else
+    (void)have_pwait2;
+#endif
     n = epoll_wait(g->ep, evs, MAX_EVENTS, (int)((dt + 999999ULL) / 1000000ULL));
+    goto done;
 done:
     if (n < 0) {
         if (errno == EINTR)
@@ -543,6 +572,49 @@ static void connect_phase(gen_t *g, struct epoll_event *evs)
     }
 }
 
+/* rusage counts this thread's run time, including loopback softirq work done in its context
+ * (unless the kernel has CONFIG_IRQ_TIME_ACCOUNTING, which moves that time to no task). When
+ * the generator is pinned to one CPU, that CPU's busy share from /proc/stat is the cross-check:
+ * core_busy well above the rusage figure means something else ran there, or softirq time went
+ * elsewhere; core_busy near 1.0 means the generator's core was saturated. */
+static int pinned_cpu(void)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) < 0 || CPU_COUNT(&set) != 1)
+        return -1;
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &set))
+            return i;
+    return -1;
+}
+
+static void core_ticks(int cpu, uint64_t out[3])
+{
+    out[0] = out[1] = out[2] = 0;
+    if (cpu < 0)
+        return;
+    FILE *f = fopen("/proc/stat", "re");
+    if (!f)
+        return;
+    char line[512], tag[32];
+    snprintf(tag, sizeof tag, "cpu%d ", cpu);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, tag, strlen(tag)) != 0)
+            continue;
+        unsigned long long v[8] = {0};
+        if (sscanf(line + strlen(tag), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7]) >= 7) {
+            /* user nice system idle iowait irq softirq steal */
+            out[0] = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+            out[1] = out[0] + v[3] + v[4];
+            out[2] = v[6];
+        }
+        break;
+    }
+    fclose(f);
+}
+
 /* ---------------------------------------------------------------- load and drain */
 
 static void load_phase(gen_t *g, struct epoll_event *evs, struct rusage *ru0, struct rusage *ru1,
@@ -566,18 +638,22 @@ static void load_phase(gen_t *g, struct epoll_event *evs, struct rusage *ru0, st
         if (!measuring && now >= g->t_meas) {
             measuring = 1;
             getrusage(RUSAGE_THREAD, ru0);
+            core_ticks(g->pinned_cpu, g->core0);
             *meas_start = g->t_meas;
         }
         if (now >= g->t_end || g->live == 0 || g->interrupted || g->sys_errno)
             break;
         uint64_t until = measuring ? g->t_end : g->t_meas;
+        int slot_next = 0;
         if (g->rate > 0) {
             /* walk the timeline: every slot that has come due goes to its connection */
             for (;;) {
                 uint64_t t = g->t0 + (uint64_t)((double)g->next_slot * g->period_ns);
                 if (t > now || t >= g->t_end) {
-                    if (t < until)
+                    if (t < until) {
                         until = t;
+                        slot_next = 1;
+                    }
                     break;
                 }
                 conn_t *c = &g->conns[g->opened_idx[g->next_slot % g->opened]];
@@ -588,15 +664,21 @@ static void load_phase(gen_t *g, struct epoll_event *evs, struct rusage *ru0, st
                 }
             }
         }
+        /* A timed sleep here wakes ~50 us late (measured on this VM, even with 1 us timer slack),
+         * so sends bunch up; with spin_ns the last stretch before a slot is polled instead. */
+        if (slot_next && until - now <= g->spin_ns)
+            until = now;
         int k = wait_events(g, evs, now, until);
         for (int i = 0; i < k; i++)
             dispatch(g, &evs[i]);
     }
     if (!measuring) {
         getrusage(RUSAGE_THREAD, ru0);
+        core_ticks(g->pinned_cpu, g->core0);
         *meas_start = now;
     }
     getrusage(RUSAGE_THREAD, ru1);
+    core_ticks(g->pinned_cpu, g->core1);
     *meas_stop = now < g->t_end ? now : g->t_end;
     if (*meas_stop < *meas_start)
         *meas_stop = *meas_start;
@@ -674,6 +756,7 @@ static void free_gen(gen_t *g)
     PyMem_RawFree(g->ts);
     PyMem_RawFree(g->pat);
     PyMem_RawFree(g->rbuf);
+    PyMem_RawFree(g->wbuf);
     PyMem_RawFree(g->hist);
     PyMem_RawFree(g->opened_idx);
 }
@@ -710,6 +793,12 @@ static PyObject *build_result(gen_t *g, struct rusage *ru0, struct rusage *ru1, 
     double user = tv_s(ru1->ru_utime) - tv_s(ru0->ru_utime);
     double sys = tv_s(ru1->ru_stime) - tv_s(ru0->ru_stime);
     uint64_t bytes = g->messages * g->size;
+    double core_busy = -1.0, core_softirq = -1.0;
+    if (g->pinned_cpu >= 0 && g->core1[1] > g->core0[1]) {
+        double total = (double)(g->core1[1] - g->core0[1]);
+        core_busy = (double)(g->core1[0] - g->core0[0]) / total;
+        core_softirq = (double)(g->core1[2] - g->core0[2]) / total;
+    }
     PyObject *hist = PyList_New(0);
     if (!hist)
         return NULL;
@@ -727,7 +816,7 @@ static PyObject *build_result(gen_t *g, struct rusage *ru0, struct rusage *ru1, 
     const char *cerr = g->first_connect_errno ? strerror(g->first_connect_errno) : "";
     return Py_BuildValue(
         "{s:I,s:I,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d,s:d,s:d,s:d,s:d,"
-        "s:N,s:K,s:K,s:K,s:i,s:K,s:I,s:I,s:I,s:d}",
+        "s:N,s:K,s:K,s:K,s:i,s:K,s:I,s:I,s:I,s:d,s:d,s:i,s:d,s:d}",
         "connections_requested", g->n,
         "connections", g->opened,
         "connect_errors", (unsigned long long)g->connect_errors,
@@ -755,20 +844,24 @@ static PyObject *build_result(gen_t *g, struct rusage *ru0, struct rusage *ru1, 
         "size", g->size,
         "depth", g->depth,
         "live_at_end", g->live,
-        "rate", g->rate);
+        "rate", g->rate,
+        "spin_us", (double)g->spin_ns / 1e3,
+        "pinned_cpu", g->pinned_cpu,
+        "core_busy", core_busy,
+        "core_softirq", core_softirq);
 }
 
 static PyObject *loadgen_run(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"host", "port", "connections", "size", "depth", "warmup", "duration",
-                             "rate", "connect_timeout", "connect_batch", "ready_fd", "go_fd", NULL};
+                             "rate", "connect_timeout", "connect_batch", "ready_fd", "go_fd", "spin_us", NULL};
     const char *host;
     int port, connections, size, depth, connect_batch = 128, ready_fd = -1, go_fd = -1;
-    double warmup, duration, rate = 0.0, connect_timeout = 5.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siiiidd|ddiii", kwlist, &host, &port, &connections,
+    double warmup, duration, rate = 0.0, connect_timeout = 5.0, spin_us = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siiiidd|ddiiid", kwlist, &host, &port, &connections,
                                      &size, &depth, &warmup, &duration, &rate, &connect_timeout,
-                                     &connect_batch, &ready_fd, &go_fd))
+                                     &connect_batch, &ready_fd, &go_fd, &spin_us))
         return NULL;
 
     gen_t gs;
@@ -787,9 +880,10 @@ static PyObject *loadgen_run(PyObject *self, PyObject *args, PyObject *kw)
         return PyErr_Format(PyExc_ValueError, "size must be 1..%d bytes, not %d", MAX_SIZE, size);
     if (depth < 1 || depth > MAX_DEPTH)
         return PyErr_Format(PyExc_ValueError, "depth must be 1..%d, not %d", MAX_DEPTH, depth);
-    if (!(warmup >= 0) || !(duration > 0) || !(rate >= 0) || !(connect_timeout > 0) || warmup > 1e6 ||
-        duration > 1e6 || connect_timeout > 1e6)
-        return PyErr_Format(PyExc_ValueError, "need warmup >= 0, duration > 0, rate >= 0, connect_timeout > 0");
+    if (!(warmup >= 0) || !(duration > 0) || !(rate >= 0) || !(connect_timeout > 0) || !(spin_us >= 0) ||
+        warmup > 1e6 || duration > 1e6 || connect_timeout > 1e6 || spin_us > 1e6)
+        return PyErr_Format(PyExc_ValueError,
+                            "need warmup >= 0, duration > 0, rate >= 0, connect_timeout > 0, spin_us >= 0");
     if (connect_batch < 1)
         return PyErr_Format(PyExc_ValueError, "connect_batch must be >= 1");
 
@@ -800,18 +894,21 @@ static PyObject *loadgen_run(PyObject *self, PyObject *args, PyObject *kw)
     g->duration_ns = (uint64_t)(duration * 1e9);
     g->connect_timeout_ns = (uint64_t)(connect_timeout * 1e9);
     g->rate = rate;
+    g->spin_ns = (uint64_t)(spin_us * 1e3);
     g->connect_batch = (uint32_t)connect_batch;
     g->ready_fd = ready_fd;
     g->go_fd = go_fd;
     g->hist_len = h_counts_len();
+    g->pinned_cpu = pinned_cpu();
 
     g->conns = PyMem_RawCalloc(g->n, sizeof(conn_t));
     g->ts = PyMem_RawCalloc((size_t)g->n * g->depth, sizeof(uint64_t));
     g->pat = PyMem_RawMalloc(PAT_SPAN + (size_t)g->size);
     g->rbuf = PyMem_RawMalloc(RBUF_SIZE);
+    g->wbuf = PyMem_RawMalloc(WBUF_SIZE);
     g->hist = PyMem_RawCalloc((size_t)g->hist_len, sizeof(uint64_t));
     g->opened_idx = PyMem_RawCalloc(g->n, sizeof(uint32_t));
-    if (!g->conns || !g->ts || !g->pat || !g->rbuf || !g->hist || !g->opened_idx) {
+    if (!g->conns || !g->ts || !g->pat || !g->rbuf || !g->wbuf || !g->hist || !g->opened_idx) {
         free_gen(g);
         return PyErr_NoMemory();
     }
@@ -872,14 +969,18 @@ static PyObject *loadgen_run(PyObject *self, PyObject *args, PyObject *kw)
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))loadgen_run, METH_VARARGS | METH_KEYWORDS,
      "run(host, port, connections, size, depth, warmup, duration, rate=0.0, connect_timeout=5.0,\n"
-     "    connect_batch=128, ready_fd=-1, go_fd=-1) -> dict\n\n"
+     "    connect_batch=128, ready_fd=-1, go_fd=-1, spin_us=0.0) -> dict\n\n"
      "Drive `connections` loopback TCP connections to an echo server from one thread (GIL\n"
      "released), `depth` messages of `size` bytes in flight each, verifying every echoed byte.\n"
      "rate == 0: closed loop; rate > 0: round trips/s over all connections on a fixed timeline,\n"
-     "latency measured from each message's scheduled time. Warm-up is not counted; the measured\n"
+     "latency measured from each message's scheduled time; spin_us > 0 polls instead of sleeping\n"
+     "when the next send is that close (timed sleeps wake tens of us late, bunching sends).\n"
+     "Warm-up is not counted; the measured\n"
      "window lasts `duration` seconds. With ready_fd/go_fd, writes READY to ready_fd once all\n"
      "connections are up and waits for one byte (or EOF) on go_fd before starting the load.\n"
-     "Returns counters, client CPU seconds and the latency histogram as (value_ns, count) pairs\n"
+     "Returns counters, client CPU seconds (rusage of this thread; when it is pinned to one\n"
+     "CPU, core_busy is also that CPU's busy share from /proc/stat) and the latency histogram as\n"
+     "(value_ns, count) pairs\n"
      "in HdrHistogram(1, 60e9, 3) bucket layout."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,269 @@
+"""The peers: echo servers written the way each framework's users write them.
+
+``python -m ioladder.bench.peers --peer NAME [--host 127.0.0.1] [--port 0]`` serves echo until
+SIGTERM or SIGINT, after printing one line ``LISTENING <port>`` (flushed) once the listener is
+bound, and exits 0 after closing it.
+
+| peer              | what it is                                                              |
+|-------------------|-------------------------------------------------------------------------|
+| `asyncio`         | stdlib selector event loop, an ``asyncio.Protocol`` (the ioladder echo) |
+| `asyncio-streams` | stdlib selector event loop, ``start_server`` with reader/writer         |
+| `uvloop`          | uvloop (libuv) event loop, the same ``asyncio.Protocol``                |
+| `uvloop-streams`  | uvloop event loop, ``start_server`` with reader/writer                  |
+| `aio`             | ``ioladder.aio`` loop on the completion engine, the same Protocol      |
+| `aio-streams`     | ``ioladder.aio`` loop, ``start_server`` with reader/writer             |
+| `trio`            | ``trio.serve_tcp``, one task per connection, ``async for`` over stream  |
+| `gevent`          | ``gevent.server.StreamServer``, one greenlet per connection             |
+
+Each is idiomatic and keeps the flow control its framework expects, so none of them can buffer
+without bound against a client that stops reading: the Protocol servers are the package's own
+:class:`~ioladder.apps.echo.EchoProtocol` (``pause_writing`` stops reading until
+``resume_writing``), the streams servers ``await writer.drain()``, trio's ``send_all`` and
+gevent's ``sendall`` block the task until the bytes are in the kernel. Every peer sets
+``TCP_NODELAY`` (asyncio, uvloop and trio do it themselves; gevent is told to), listens with a
+backlog of 1024 like ``ioladder serve`` (asyncio's default of 100 would drop SYNs when the load
+generator connects a batch at once), and raises its soft ``RLIMIT_NOFILE`` to the hard limit.
+
+A peer whose package is not installed is *unavailable*, never an error: :func:`reason` says
+which package is missing and that ``pip install 'ioladder[bench]'`` brings it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import importlib.util
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+BACKLOG = 1024
+READ_SIZE = 65536
+
+
+class Peer:
+    """One peer: its id, the package it needs, a one-line description and its server."""
+
+    def __init__(self, name: str, package: str | None, description: str,
+                 serve: Callable[[str, int], None]) -> None:
+        self.name = name
+        self.package = package
+        self.description = description
+        self.serve = serve
+
+
+def _announce(port: int) -> None:
+    print(f"LISTENING {port}", flush=True)
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ------------------------------------------------------------------ asyncio and uvloop
+
+
+async def _stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()  # flow control: wait while the peer is not reading
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve_asyncio(host: str, port: int, streams: bool) -> None:
+    from ioladder.apps.echo import EchoProtocol
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if streams:
+        server = await asyncio.start_server(_stream_echo, host, port, backlog=BACKLOG,
+                                            limit=READ_SIZE)
+    else:
+        server = await loop.create_server(EchoProtocol, host, port, backlog=BACKLOG)
+    _announce(server.sockets[0].getsockname()[1])
+    async with server:
+        await stop.wait()
+    # leaving `async with` closes the listener; open connections end with the loop
+
+
+def _run_asyncio(streams: bool) -> Callable[[str, int], None]:
+    def serve(host: str, port: int) -> None:
+        loop = asyncio.SelectorEventLoop()  # the stdlib's own, on epoll here
+        try:
+            loop.run_until_complete(_serve_asyncio(host, port, streams))
+        finally:
+            loop.close()
+    return serve
+
+
+def _run_uvloop(streams: bool) -> Callable[[str, int], None]:
+    def serve(host: str, port: int) -> None:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(_serve_asyncio(host, port, streams))
+        finally:
+            loop.close()
+    return serve
+
+
+def _run_aio(streams: bool) -> Callable[[str, int], None]:
+    def serve(host: str, port: int) -> None:
+        from ioladder import aio
+
+        loop = aio.new_event_loop()
+        try:
+            loop.run_until_complete(_serve_asyncio(host, port, streams))
+        finally:
+            loop.close()
+    return serve
+
+
+# ------------------------------------------------------------------------------ trio
+
+
+def _serve_trio(host: str, port: int) -> None:
+    import trio
+
+    async def echo(stream: trio.SocketStream) -> None:
+        try:
+            async for data in stream:  # receive_some until EOF
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, echo, port, host=host, backlog=BACKLOG))
+                _announce(listeners[0].socket.getsockname()[1])
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
+# ---------------------------------------------------------------------------- gevent
+
+
+def _serve_gevent(host: str, port: int) -> None:
+    import gevent
+    import gevent.event
+    from gevent.server import StreamServer
+
+    def echo(sock: socket.socket, address: object) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    break
+                sock.sendall(data)  # blocks this greenlet only, until the kernel took it all
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    server = StreamServer((host, port), echo, backlog=BACKLOG)
+    server.start()  # binds and listens (a gevent socket: accepting never blocks the hub)
+    # signal callbacks run in the hub, which must not block: they only set an event
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    _announce(server.server_port)
+    stop.wait()
+    server.stop(timeout=1.0)
+
+
+# --------------------------------------------------------------------------- registry
+
+PEERS: dict[str, Peer] = {p.name: p for p in (
+    Peer("asyncio", None, "asyncio selector loop, asyncio.Protocol echo", _run_asyncio(False)),
+    Peer("asyncio-streams", None, "asyncio selector loop, streams (start_server, drain)",
+         _run_asyncio(True)),
+    Peer("uvloop", "uvloop", "uvloop (libuv) loop, asyncio.Protocol echo", _run_uvloop(False)),
+    Peer("uvloop-streams", "uvloop", "uvloop (libuv) loop, streams (start_server, drain)",
+         _run_uvloop(True)),
+    Peer("aio", "ioladder.aio", "ioladder.aio loop (completion engine), asyncio.Protocol echo",
+         _run_aio(False)),
+    Peer("aio-streams", "ioladder.aio", "ioladder.aio loop (completion engine), streams",
+         _run_aio(True)),
+    Peer("trio", "trio", "trio.serve_tcp, a task per connection", _serve_trio),
+    Peer("gevent", "gevent", "gevent StreamServer, a greenlet per connection", _serve_gevent),
+)}
+
+
+def names() -> list[str]:
+    return list(PEERS)
+
+
+def reason(name: str) -> str | None:
+    """None if peer ``name`` can run here, else why not (the missing package)."""
+    peer = PEERS[name]
+    if peer.package is None:
+        return None
+    try:
+        found = importlib.util.find_spec(peer.package) is not None
+    except ImportError:
+        found = False
+    if found and peer.package.startswith("ioladder."):
+        # our own loop: usable once it offers the documented entry point
+        try:
+            module = importlib.import_module(peer.package)
+        except Exception as exc:  # a half-built module must not stop the benchmark
+            return f"{peer.package} cannot be imported: {exc}"
+        if not callable(getattr(module, "new_event_loop", None)):
+            return f"{peer.package} has no new_event_loop() yet"
+        return None
+    if found:
+        return None
+    if peer.package.startswith("ioladder."):
+        return f"{peer.package} is not part of this build yet"
+    return (f"package {peer.package!r} is not installed "
+            "(pip install 'ioladder[bench]' installs every peer)")
+
+
+def version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ioladder.bench.peers",
+                                     description="Run one peer echo server for the benchmark.")
+    parser.add_argument("--peer", required=True, choices=names())
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    why = reason(args.peer)
+    if why is not None:
+        print(f"peer {args.peer} unavailable: {why}", file=sys.stderr)
+        return 3
+    _raise_nofile()
+    PEERS[args.peer].serve(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
