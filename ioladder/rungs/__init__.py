@@ -22,6 +22,8 @@ LADDER: dict[str, str] = {
     "asyncselect": "ioladder.rungs.asyncselect",
     "eventselect": "ioladder.rungs.eventselect",
     "epoll": "ioladder.rungs.epoll",
+    "overlapped-event": "ioladder.rungs.overlapped_event",
+    "overlapped-routine": "ioladder.rungs.overlapped_routine",
 }
 
 
