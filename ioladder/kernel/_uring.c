@@ -883,6 +883,18 @@ static inline struct ul_sqe *sqe_next(RingObject *r)
 
 static int harvest_to_backlog(RingObject *r);
 
+/* Any thread, any flags: a plain write(2) to the eventfd; the ring's multishot poll on it
+ * posts an internal completion, which ends one blocked wait().  The GIL is held, so close()
+ * cannot close the eventfd between the check and the write. */
+static void wake_waiter(RingObject *r)
+{
+    if (r->efd >= 0 && !r->closing) {
+        uint64_t one = 1;
+        ssize_t w = write(r->efd, &one, sizeof one);
+        (void)w;
+    }
+}
+
 /* Submit pending SQEs.  hold_chain: keep back an unfinished IOSQE_IO_LINK chain (auto-submit
  * from a full SQ must not cut a chain the caller is still building).  Returns the number
  * submitted or -1 with an exception. */
@@ -911,7 +923,11 @@ static int flush_sq(RingObject *r, int hold_chain)
                     r->chain_open = 0;
             if (ret > 0)
                 return ret;
-            /* nothing consumed: treat like EAGAIN */
+            /* 0 consumed: another thread's io_uring_enter (a waiter, GIL released) may have
+             * taken these SQEs already.  Then there is nothing to retry; harvesting into the
+             * backlog here would hide completions from that sleeping waiter. */
+            if (load_acq(r->sq_khead) != head)
+                continue;
             errno = EAGAIN;
         }
         int err = errno;
@@ -923,6 +939,8 @@ static int flush_sq(RingObject *r, int hold_chain)
              * wait()/reap()), then retry. */
             if (harvest_to_backlog(r) < 0)
                 return -1;
+            /* A thread asleep in wait() does not look at the backlog: wake it. */
+            wake_waiter(r);
             if (tries > 2)
                 usleep(1000);
             continue;
@@ -2568,14 +2586,7 @@ static PyObject *Ring_reap(RingObject *r, PyObject *const *args, Py_ssize_t narg
 static PyObject *Ring_wake(RingObject *r, PyObject *noargs)
 {
     (void)noargs;
-    /* Any thread, any flags: a plain write(2) to the eventfd; the ring's multishot poll on it
-     * posts an internal completion, which ends one blocked wait().  The GIL is held, so close()
-     * cannot close the eventfd between the check and the write. */
-    if (r->efd >= 0 && !r->closing) {
-        uint64_t one = 1;
-        ssize_t w = write(r->efd, &one, sizeof one);
-        (void)w;
-    }
+    wake_waiter(r);
     Py_RETURN_NONE;
 }
 

@@ -24,6 +24,7 @@ LADDER: dict[str, str] = {
     "epoll": "ioladder.rungs.epoll",
     "overlapped-event": "ioladder.rungs.overlapped_event",
     "overlapped-routine": "ioladder.rungs.overlapped_routine",
+    "iocp": "ioladder.rungs.iocp",
 }
 
 
