@@ -25,6 +25,7 @@ LADDER: dict[str, str] = {
     "overlapped-event": "ioladder.rungs.overlapped_event",
     "overlapped-routine": "ioladder.rungs.overlapped_routine",
     "iocp": "ioladder.rungs.iocp",
+    "saea": "ioladder.rungs.saea",
 }
 
 
