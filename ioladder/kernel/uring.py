@@ -216,6 +216,7 @@ def buffer_id(flags: int) -> int | None:
 
 _FILL = 0
 _DRAIN = 1
+_POLL = 2
 
 
 class SpliceStep:
@@ -293,6 +294,7 @@ class SpliceSendfile:
         self.chunk = min(chunk, fcntl.fcntl(self._pipe_w, _F_GETPIPE_SZ))
         self._fill = SpliceStep(self, _FILL)
         self._drain = SpliceStep(self, _DRAIN)
+        self._poll = SpliceStep(self, _POLL)
 
     def start(self) -> bool:
         """Prepare the first chunk; returns True if there was nothing to send."""
@@ -303,21 +305,29 @@ class SpliceSendfile:
         return False
 
     def _next(self) -> None:
+        # io_uring's splice into a non-blocking socket fails with EAGAIN instead of waiting
+        # (accepted sockets are non-blocking), so every drain is linked behind a poll for
+        # writability; an EAGAIN that still slips through is retried by the next round.
         ring = self.ring
         if self._in_pipe:
+            ring.prep_poll_add(self.out_fd, EPOLLOUT, self._poll, link=True)
             ring.prep_splice(self._pipe_r, -1, self.out_fd, -1, self._in_pipe, self._drain,
                              SPLICE_F_MOVE)
-            self._outstanding = 1
+            self._outstanding = 2
             return
         n = min(self.chunk, self._remaining)
         ring.prep_splice(self.in_fd, self._offset, self._pipe_w, -1, n, self._fill,
                          SPLICE_F_MOVE, link=True)
+        ring.prep_poll_add(self.out_fd, EPOLLOUT, self._poll, link=True)
         ring.prep_splice(self._pipe_r, -1, self.out_fd, -1, n, self._drain, SPLICE_F_MOVE)
-        self._outstanding = 2
+        self._outstanding = 3
 
     def _complete(self, kind: int, res: int) -> bool:
         self._outstanding -= 1
-        if kind == _FILL:
+        if kind == _POLL:
+            if res < 0 and res != -errno.ECANCELED:
+                self.error = -res
+        elif kind == _FILL:
             if res > 0:
                 self._in_pipe += res
                 self._offset += res
@@ -332,7 +342,7 @@ class SpliceSendfile:
                 self.sent += res
             elif res == 0 and self._in_pipe:
                 self.error = errno.EIO  # nothing moved out of a non-empty pipe: give up
-            elif res < 0 and res != -errno.ECANCELED:
+            elif res < 0 and res not in (-errno.ECANCELED, -errno.EAGAIN):
                 self.error = -res
         if self._outstanding:
             return False

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
+import time
 
 import pytest
 
@@ -23,7 +25,8 @@ def payload_file(tmp_path):
     os.close(fd)
 
 
-def _reader(sock, nbytes, out):
+def _reader(sock, nbytes, out, delay=0.0):
+    time.sleep(delay)  # let the sender fill the socket buffer first
     h = hashlib.sha256()
     n = 0
     while n < nbytes:
@@ -56,11 +59,18 @@ def test_raw_linked_splices_file_to_socket(ring, socks, collect, tmp_path):
             os.close(x)
 
 
-def test_splice_sendfile_moves_a_large_file_exactly(ring, socks, collect, payload_file):
+@pytest.mark.parametrize("nonblocking", [False, True], ids=["blocking", "nonblocking"])
+def test_splice_sendfile_moves_a_large_file_exactly(ring, socks, collect, payload_file,
+                                                    nonblocking):
+    # Accepted sockets are non-blocking; splice into one fails with EAGAIN whenever the send
+    # buffer is full, so the transfer must wait for writability rather than give up.
     fd, data = payload_file
     a, b = socks.pair()
+    a.setblocking(not nonblocking)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # fill up long before 3 MiB
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     out: dict = {}
-    t = threading.Thread(target=_reader, args=(b, len(data), out))
+    t = threading.Thread(target=_reader, args=(b, len(data), out, 0.3))
     t.start()
     try:
         xfer = uring.SpliceSendfile(ring, fd, a.fileno(), ctx="file")
