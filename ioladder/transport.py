@@ -36,7 +36,6 @@ caller writes the file itself.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import socket
@@ -53,6 +52,7 @@ log = logging.getLogger("ioladder")
 _monotonic = time.monotonic
 #: asyncio's default write-buffer limits (``FlowControlMixin``).
 DEFAULT_HIGH_WATER = 64 * 1024
+DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 #: Small chunks are coalesced into one send of at most this many bytes.
 _COALESCE = 256 * 1024
 
@@ -88,11 +88,23 @@ class Transport(asyncio.Transport):
 
     Thread-safe in the sense of Rule 1: any public method may be called from any thread; calls
     from outside the connection's context are queued to it and take effect there, in order.
+
+    Kept small on purpose (``__slots__``, a list for the write buffer, the extra-info dict and
+    the held-data list built only when used): one exists per connection, and an idle
+    connection's server memory is mostly this object (the ``saea`` target is <= 1 KiB each).
     """
+
+    __slots__ = (
+        "_sock", "_fd", "_protocol_factory", "_protocol", "_buffered", "_driver", "_core",
+        "_sockname", "_peername", "_buffer", "_buffer_size", "_sending", "_closing",
+        "_eof_requested", "_shut_wr", "_paused", "_held", "_eof_held", "_eof", "_released",
+        "_lost", "_exc", "_writes_after_loss", "_high", "_low", "_writing_paused",
+        "last_activity", "rung_data",
+    )
 
     def __init__(self, sock: socket.socket, protocol_factory: Any, driver: Rung,
                  core: ServerCore | None = None) -> None:
-        super().__init__()
+        self._extra = None  # built by get_extra_info() on first use
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol_factory = protocol_factory
@@ -100,23 +112,24 @@ class Transport(asyncio.Transport):
         self._buffered = False
         self._driver = driver
         self._core = core
-        self._extra: dict[str, Any] = {"socket": trsock.TransportSocket(sock)}
+        # Addresses are read now: after a reset getpeername() fails, and asyncio reports the
+        # address the connection had.
         try:
-            self._extra["sockname"] = sock.getsockname()
+            self._sockname = sock.getsockname()
         except OSError:
-            self._extra["sockname"] = None
+            self._sockname = None
         try:
-            self._extra["peername"] = sock.getpeername()
+            self._peername = sock.getpeername()
         except OSError:
-            self._extra["peername"] = None
-        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
+            self._peername = None
+        self._buffer: list[bytes | memoryview | FileSpan] = []
         self._buffer_size = 0
         self._sending = False          # the driver owns a flush in progress
         self._closing = False          # close() or abort() called, or a fatal error
         self._eof_requested = False    # write_eof() called
         self._shut_wr = False          # shutdown(SHUT_WR) handed to the driver
         self._paused = False           # pause_reading() in force
-        self._held: list[bytes] = []   # data that arrived while paused
+        self._held: list[bytes] | None = None  # data that arrived while paused
         self._eof_held = False         # the peer's EOF arrived while paused
         self._eof = False              # peer's EOF seen
         self._released = False         # driver.release() called
@@ -124,7 +137,7 @@ class Transport(asyncio.Transport):
         self._exc: BaseException | None = None
         self._writes_after_loss = 0
         self._high = DEFAULT_HIGH_WATER
-        self._low = DEFAULT_HIGH_WATER // 4
+        self._low = DEFAULT_LOW_WATER
         self._writing_paused = False
         #: monotonic time of the last byte moved either way (idle timeout).
         self.last_activity = _monotonic()
@@ -159,6 +172,8 @@ class Transport(asyncio.Transport):
         if self._paused:
             # A completion rung may have had a receive in flight when reading was paused:
             # hold its bytes until resume_reading() rather than break the pause contract.
+            if self._held is None:
+                self._held = []
             self._held.append(bytes(data))
             return
         try:
@@ -215,13 +230,14 @@ class Transport(asyncio.Transport):
         buf = self._buffer
         if len(buf) > 1 and len(buf[0]) < _COALESCE and type(buf[0]) is not FileSpan:
             # Coalesce small writes into one send: fewer syscalls or ring ops per byte.
-            parts = [buf.popleft()]
-            size = len(parts[0])
-            while buf and size + len(buf[0]) <= _COALESCE and type(buf[0]) is not FileSpan:
-                part = buf.popleft()
-                parts.append(part)
-                size += len(part)
-            buf.appendleft(b"".join(parts))
+            size = len(buf[0])
+            k = 1
+            while k < len(buf) and size + len(buf[k]) <= _COALESCE \
+                    and type(buf[k]) is not FileSpan:
+                size += len(buf[k])
+                k += 1
+            if k > 1:
+                buf[:k] = [b"".join(buf[:k])]
         return buf[0]
 
     def _on_sent(self, n: int) -> bool:
@@ -235,7 +251,7 @@ class Transport(asyncio.Transport):
             self.last_activity = _monotonic()
             chunk = buf[0]
             if n >= len(chunk):
-                buf.popleft()
+                del buf[0]
                 if type(chunk) is FileSpan:
                     chunk.close()
             elif type(chunk) is FileSpan:
@@ -315,6 +331,9 @@ class Transport(asyncio.Transport):
     # --------------------------------------------------------------- asyncio.Transport API
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._extra is None:
+            self._extra = {"socket": trsock.TransportSocket(self._sock),
+                           "sockname": self._sockname, "peername": self._peername}
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
