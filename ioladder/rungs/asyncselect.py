@@ -69,7 +69,18 @@ from typing import Any, ClassVar
 
 from ..kernel import signals as ksig
 from ..transport import Transport
-from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import (
+    LINGER_MORE,
+    LINGER_POLL,
+    LINGER_RESET,
+    Lingering,
+    Receiver,
+    Rung,
+    close_socket,
+    discard_input,
+    release_policy,
+    sweep_lingering,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -159,20 +170,6 @@ class _ConnState:
         self.want_write = False  # a send hit EAGAIN: FD_WRITE is expected
 
 
-class _Linger:
-    """A released connection in its lingering close (see ``rungs.base``): write side shut,
-    input read and discarded as its messages come, until the peer has acknowledged every byte,
-    sent its EOF, or the deadline passes."""
-
-    __slots__ = ("conn", "sock", "fd", "deadline")
-
-    def __init__(self, conn: Transport, deadline: float) -> None:
-        self.conn = conn
-        self.sock = conn._sock
-        self.fd = conn._fd
-        self.deadline = deadline
-
-
 class AsyncSelectRung(Rung):
     name = "asyncselect"
     seed = "WSAAsyncSelect: network events as window messages"
@@ -195,7 +192,7 @@ class AsyncSelectRung(Rung):
         self._rx = Receiver(RECV_SIZE)  # the pump thread's
         self._listeners: list[_Listener] = []
         self._conns: set[Transport] = set()
-        self._lingering: set[_Linger] = set()
+        self._lingering: set[Lingering] = set()
         self._linger_ticking = False
         #: fd -> listener, connection or post box: how a message finds its socket.
         self._by_fd: dict[int, Any] = {}
@@ -469,7 +466,7 @@ class AsyncSelectRung(Rung):
                 self._accept(obj)
         elif obj is self._box:
             self._box.drain()  # the posted calls run at the end of every pass
-        elif type(obj) is _Linger:
+        elif type(obj) is Lingering:
             if event & (FD_READ | FD_CLOSE):
                 self._linger_read(obj)
         else:
@@ -622,36 +619,21 @@ class AsyncSelectRung(Rung):
             # calling WSAAsyncSelect again does when data is waiting).
             self._posted.append((conn, FD_READ))
 
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
-
     def release(self, conn: Transport, abort: bool) -> None:
         self._forget(conn)
-        sock = conn._sock
-        if self.core.linger == 0:
-            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(sock):
-                    self._linger(conn)
-                    return
-        close_socket(sock, abort, shutdown=False)
+        abort, linger = release_policy(conn, self.core, abort)
+        if linger:
+            self._linger(conn)
+            return
+        close_socket(conn._sock, abort, shutdown=False)
         # As asyncio: connection_lost on a later pass, never inside close().
         self._call(conn._on_released)
 
     # ------------------------------------------------------------------- lingering close
     def _linger(self, conn: Transport) -> None:
-        lg = _Linger(conn, time.monotonic() + linger_timeout(self.core))
+        lg = Lingering(conn, self.core)
         self._lingering.add(lg)
-        self._by_fd[lg.fd] = lg  # its messages now reach the lingering close
+        self._by_fd[lg._fd] = lg  # its messages now reach the lingering close
         # Input that came while reading was off raised no message we acted on: look now.
         self._posted.append((lg, FD_READ))
         if not self._linger_ticking:
@@ -660,41 +642,28 @@ class AsyncSelectRung(Rung):
 
     def _linger_tick(self) -> None:
         # No message says "the peer acknowledged everything": look at the send queue.
-        now = time.monotonic()
-        for lg in list(self._lingering):
-            if not unsent_bytes(lg.sock):
-                self._end_linger(lg, abort=False)
-            elif now >= lg.deadline:
-                self._end_linger(lg, abort=True)
+        sweep_lingering(self._lingering, self._end_linger)
         if self._lingering:
             self._call_later(LINGER_POLL, self._linger_tick)
         else:
             self._linger_ticking = False
 
-    def _linger_read(self, lg: _Linger) -> None:
+    def _linger_read(self, lg: Lingering) -> None:
         """Discard what the lingering peer sent; its EOF or an error ends the wait."""
         if lg not in self._lingering:
             return
-        try:
-            for _ in range(READ_BUDGET):
-                if not lg.sock.recv(RECV_SIZE):
-                    # The peer's EOF: it sends nothing more, so close() cannot provoke a
-                    # reset; the kernel still delivers what is queued, then our FIN.
-                    self._end_linger(lg, abort=False)
-                    return
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._end_linger(lg, abort=True)
-            return
-        self._posted.append((lg, FD_READ))  # more may be queued: no signal would say so
+        verdict = discard_input(lg.sock, RECV_SIZE, READ_BUDGET)
+        if verdict == LINGER_MORE:
+            self._posted.append((lg, FD_READ))  # more may be queued: no signal would say so
+        elif verdict is not None:
+            self._end_linger(lg, abort=verdict == LINGER_RESET)
 
-    def _end_linger(self, lg: _Linger, abort: bool) -> None:
+    def _end_linger(self, lg: Lingering, abort: bool) -> None:
         if lg not in self._lingering:
             return
         self._lingering.discard(lg)
-        if self._by_fd.get(lg.fd) is lg:
-            del self._by_fd[lg.fd]
+        if self._by_fd.get(lg._fd) is lg:
+            del self._by_fd[lg._fd]
         close_socket(lg.sock, abort, shutdown=False)
         self._call(lg.conn._on_released)
 

@@ -18,7 +18,9 @@ Two helpers are shared here because several rungs need them and they must be wri
   slow reader can leave megabytes there). So a graceful release shuts the write side down,
   then keeps the descriptor open, reading and discarding, until the peer has acknowledged
   everything (``unsent_bytes() == 0``), sent its own EOF, or ``linger_timeout()`` has passed
-  (then it resets); only then does it close and report ``_on_released``.
+  (then it resets); only then does it close and report ``_on_released``. The decisions are
+  made once here (:func:`release_policy`, :func:`linger_step`, :func:`sweep_lingering`,
+  :func:`discard_input`, :class:`Lingering`); each rung keeps only how it *waits* for them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import socket
 import struct
 import termios
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from ..server import ServerCore
@@ -111,6 +114,92 @@ def linger_timeout(core: ServerCore) -> float:
     """How long a graceful close may linger: the server's ``linger=N`` (N > 0), else
     :data:`LINGER_TIMEOUT`."""
     return core.linger if core.linger else LINGER_TIMEOUT
+
+
+#: what :func:`linger_step` and :func:`discard_input` decide: the lingering close is over
+#: (close with a FIN) or must give up (close with a reset); ``None``: keep lingering.
+LINGER_DONE: Final = "done"
+LINGER_RESET: Final = "reset"
+#: :func:`discard_input` used its whole budget: more input may be queued.
+LINGER_MORE: Final = "more"
+
+
+def release_policy(conn: Transport, core: ServerCore, abort: bool,
+                   may_linger: bool = True) -> tuple[bool, bool]:
+    """The policy part of every driver's ``release()``: returns ``(abort, linger)``.
+
+    ``linger=0`` makes every close a reset (``LingerOption(true, 0)``: never a FIN first). A
+    graceful release shuts the write side down (unless the transport already did) and lingers
+    when the peer has not acknowledged every byte yet and ``may_linger`` (the rung's own
+    conditions: not stopping, no send still in flight). When the shutdown fails the peer is
+    gone already: nothing is left to protect, close without lingering. The rung then either
+    starts its lingering close or closes the socket with ``close_socket(sock, abort,
+    shutdown=False)`` — how it waits is the rung's own.
+    """
+    if core.linger == 0:
+        abort = True
+    if abort:
+        return True, False
+    sock = conn._sock
+    try:
+        if not conn._shut_wr:
+            sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return False, False
+    return False, bool(unsent_bytes(sock)) and may_linger
+
+
+def linger_step(sock: socket.socket, deadline: float, now: float) -> str | None:
+    """One look at a lingering close: :data:`LINGER_DONE` once the peer has acknowledged
+    every byte, :data:`LINGER_RESET` once ``deadline`` has passed, else None (keep waiting)."""
+    if not unsent_bytes(sock):
+        return LINGER_DONE
+    if now >= deadline:
+        return LINGER_RESET
+    return None
+
+
+def sweep_lingering(lingering: Iterable[Any], end: Callable[[Any, bool], None]) -> None:
+    """:func:`linger_step` for every record of ``lingering`` (each has ``.sock`` and
+    ``.deadline``), calling ``end(record, abort)`` for those whose lingering is over."""
+    now = time.monotonic()
+    for lg in list(lingering):
+        verdict = linger_step(lg.sock, lg.deadline, now)
+        if verdict is not None:
+            end(lg, verdict == LINGER_RESET)
+
+
+def discard_input(sock: socket.socket, size: int, budget: int) -> str | None:
+    """A lingering close's read: up to ``budget`` non-blocking ``recv(size)``, discarded.
+
+    :data:`LINGER_DONE` on the peer's EOF (it sends nothing more, so close() cannot provoke a
+    reset; the kernel still delivers what is queued, then our FIN), :data:`LINGER_RESET` on an
+    error, None once nothing more is queued, :data:`LINGER_MORE` when the budget ran out.
+    """
+    try:
+        for _ in range(budget):
+            if not sock.recv(size):
+                return LINGER_DONE
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return LINGER_RESET
+    return LINGER_MORE
+
+
+class Lingering:
+    """A released connection in its lingering close, for rungs that keep one record per
+    lingering socket: write side shut, input read and discarded, until the peer has
+    acknowledged every byte, sent its EOF, or ``deadline``. It stands in for the connection
+    in the rung's wait structures (``_fd`` as a Transport's)."""
+
+    __slots__ = ("conn", "sock", "_fd", "deadline")
+
+    def __init__(self, conn: Transport, core: ServerCore) -> None:
+        self.conn = conn
+        self.sock = conn._sock
+        self._fd = conn._fd
+        self.deadline = time.monotonic() + linger_timeout(core)
 
 
 def drain_input(sock: socket.socket) -> None:
@@ -241,9 +330,13 @@ class Rung(abc.ABC):
     def set_reading(self, conn: Transport, on: bool) -> None:
         """Start or stop delivering received data to ``conn``."""
 
-    @abc.abstractmethod
     def shutdown_write(self, conn: Transport) -> None:
-        """Every buffered byte is sent: ``shutdown(SHUT_WR)`` (the half-close)."""
+        """Every buffered byte is sent: ``shutdown(SHUT_WR)`` (the half-close); a failure
+        ends the connection through the transport."""
+        try:
+            conn._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            conn._on_error(exc)
 
     @abc.abstractmethod
     def release(self, conn: Transport, abort: bool) -> None:

@@ -32,12 +32,14 @@ from typing import Any
 from ..transport import Transport
 from .base import (
     _LINGER_RESET,
+    LINGER_DONE,
     LINGER_POLL,
     Rung,
     Strand,
     close_socket,
+    linger_step,
     linger_timeout,
-    unsent_bytes,
+    release_policy,
 )
 
 log = logging.getLogger("ioladder")
@@ -258,8 +260,11 @@ class BlockingRung(Rung):
         st: _Conn = conn.rung_data
         sock = conn._sock
         deadline = time.monotonic() + linger_timeout(self.core)
-        while not st.peer_gone and unsent_bytes(sock):
-            if self._stopping or time.monotonic() >= deadline:
+        while not st.peer_gone:
+            verdict = linger_step(sock, deadline, time.monotonic())
+            if verdict == LINGER_DONE:
+                break
+            if self._stopping or verdict is not None:
                 st.abort = True  # give up: the reader's close() resets
                 break
             time.sleep(LINGER_POLL)
@@ -341,25 +346,10 @@ class BlockingRung(Rung):
             st.reading = on
             st.cond.notify()
 
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
-
     def release(self, conn: Transport, abort: bool) -> None:
         st: _Conn = conn.rung_data
         sock = conn._sock
-        if self.core.linger == 0:
-            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
-        linger = False
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
-                linger = unsent_bytes(sock) > 0 and not self._stopping
-            except OSError:
-                pass  # the peer is gone already: nothing left to protect
+        abort, linger = release_policy(conn, self.core, abort, may_linger=not self._stopping)
         with st.cond:
             st.released = True
             st.abort = abort

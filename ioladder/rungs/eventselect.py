@@ -59,7 +59,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import (
+    LINGER_DONE,
+    LINGER_POLL,
+    LINGER_RESET,
+    Receiver,
+    Rung,
+    close_socket,
+    discard_input,
+    linger_timeout,
+    release_policy,
+    sweep_lingering,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -91,7 +102,7 @@ class _Event:
     """A socket's event object (``WSAEVENT``) and network-events record."""
 
     __slots__ = ("fd", "sock", "conn", "group", "armed", "mask", "closed", "born", "reading",
-                 "paused", "dead", "linger_deadline")
+                 "paused", "dead", "deadline")
 
     def __init__(self, sock: socket.socket, conn: Transport | None, group: _Group) -> None:
         self.fd = sock.fileno()
@@ -105,8 +116,9 @@ class _Event:
         self.reading = False       # the transport wants data
         self.paused = False        # a listener backing off after EMFILE & co.
         self.dead = False          # removed from its group
-        #: set while the released connection is in its lingering close (``rungs.base``)
-        self.linger_deadline: float | None = None
+        #: set (the lingering close's deadline) while the released connection is in its
+        #: lingering close (``rungs.base``)
+        self.deadline: float | None = None
 
 
 class _Group:
@@ -388,7 +400,7 @@ class EventSelectRung(Rung):
         if ev.conn is None:
             ev.group.remove(ev)
             ev.sock.close()
-        elif ev.linger_deadline is not None:
+        elif ev.deadline is not None:
             self._end_linger(ev, abort=True)
         elif not ev.conn._released:
             ev.conn._force_close(None)  # through the transport: later calls find it released
@@ -468,7 +480,7 @@ class EventSelectRung(Rung):
             if network & FD_ACCEPT:
                 self._accept(ev)
             return
-        if ev.linger_deadline is not None:
+        if ev.deadline is not None:
             self._linger_read(ev)
             return
         if conn._released:
@@ -596,28 +608,13 @@ class EventSelectRung(Rung):
             ev.armed &= ~FD_READ
         ev.group.sync(ev)
 
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
-
     def release(self, conn: Transport, abort: bool) -> None:
         ev: _Event = conn.rung_data
         ev.reading = False
-        sock = conn._sock
-        if self.core.linger == 0:
-            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(sock):
-                    self._linger(ev)
-                    return
+        abort, linger = release_policy(conn, self.core, abort)
+        if linger:
+            self._linger(ev)
+            return
         self._finish(ev, abort)
 
     def _finish(self, ev: _Event, abort: bool) -> None:
@@ -634,7 +631,7 @@ class EventSelectRung(Rung):
         """Keep the event selecting FD_READ|FD_CLOSE only, discarding input, until the peer
         acknowledged every byte (looked up every LINGER_POLL), sent EOF, or the deadline."""
         g = ev.group
-        ev.linger_deadline = time.monotonic() + linger_timeout(self.core)
+        ev.deadline = time.monotonic() + linger_timeout(self.core)
         ev.armed = FD_READ
         g.sync(ev)
         g.lingering.add(ev)
@@ -643,12 +640,7 @@ class EventSelectRung(Rung):
             g.call_later(LINGER_POLL, lambda: self._linger_tick(g))
 
     def _linger_tick(self, g: _Group) -> None:
-        now = time.monotonic()
-        for ev in list(g.lingering):
-            if not unsent_bytes(ev.sock):
-                self._end_linger(ev, abort=False)
-            elif now >= ev.linger_deadline:  # type: ignore[operator]
-                self._end_linger(ev, abort=True)
+        sweep_lingering(g.lingering, self._end_linger)
         if g.lingering and g.running:
             g.call_later(LINGER_POLL, lambda: self._linger_tick(g))
         else:
@@ -656,17 +648,9 @@ class EventSelectRung(Rung):
 
     def _linger_read(self, ev: _Event) -> None:
         """Discard what the lingering peer sent; its EOF or an error ends the wait."""
-        try:
-            for _ in range(16):
-                if not ev.sock.recv(RECV_SIZE):
-                    # The peer's EOF: it sends nothing more, so close() cannot provoke a
-                    # reset; the kernel still delivers what is queued, then our FIN.
-                    self._end_linger(ev, abort=False)
-                    return
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._end_linger(ev, abort=True)
+        verdict = discard_input(ev.sock, RECV_SIZE, 16)
+        if verdict in (LINGER_DONE, LINGER_RESET):
+            self._end_linger(ev, abort=verdict == LINGER_RESET)
             return
         ev.armed |= FD_READ  # recv() re-enables FD_READ
 

@@ -59,7 +59,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Rung, Strand, close_socket, linger_timeout, unsent_bytes
+from .base import (
+    LINGER_DONE,
+    LINGER_POLL,
+    Rung,
+    Strand,
+    close_socket,
+    linger_step,
+    linger_timeout,
+    release_policy,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -558,10 +567,8 @@ class IocpRung(Rung):
         st.timer_pending = False
         if not st.lingering or st.ending:
             self._maybe_finish(conn)
-        elif not unsent_bytes(conn._sock):
-            self._end(conn, abort=False)
-        elif err or time.monotonic() >= st.deadline:
-            self._end(conn, abort=True)
+        elif (verdict := linger_step(conn._sock, st.deadline, time.monotonic())) or err:
+            self._end(conn, abort=verdict != LINGER_DONE)   # a failed timer: give up too
         else:
             self._arm_linger_timer(conn)
 
@@ -601,29 +608,14 @@ class IocpRung(Rung):
         if on and not st.recv_pending and not st.released:
             self._post_recv(conn)
 
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
-
     def release(self, conn: Transport, abort: bool) -> None:
         st: _Conn = conn.rung_data
         st.released = True
         st.reading = False
-        sock = conn._sock
-        if self.core.linger == 0:
-            abort = True   # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass   # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(sock) and not st.send_pending:
-                    self._linger(conn)
-                    return
+        abort, linger = release_policy(conn, self.core, abort, may_linger=not st.send_pending)
+        if linger:
+            self._linger(conn)
+            return
         self._end(conn, abort, later=True)
 
 RUNG = IocpRung

@@ -79,7 +79,21 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import ACCEPT_BACKOFF, LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import ACCEPT_BACKOFF, LINGER_POLL, Rung, sweep_lingering
+from .overlapped import (
+    LISTENER_GONE,
+    ConnState,
+    Listener,
+    OverlappedConns,
+    check_options,
+    close_listener_sockets,
+    maybe_close_listener,
+    oserror,
+    refuse_fd,
+    stop_listening,
+    uring_unavailable_reason,
+    wrap_fd,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -110,12 +124,6 @@ _ONE = (1).to_bytes(8, sys.byteorder)   # what the linked write adds to the even
 _POLLIN = select.POLLIN
 _RECV, _SEND, _ACCEPT = 0, 1, 2
 _KINDS = ("recv", "send", "accept")
-#: accept errors that mean the listener itself is gone (our own stop_accepting).
-_LISTENER_GONE = frozenset({errno.ECANCELED, errno.EINVAL, errno.EBADF, errno.ENOTSOCK})
-
-
-def _oserror(err: int) -> OSError:
-    return OSError(err, os.strerror(err))
 
 
 class _Cancel:
@@ -227,44 +235,20 @@ class Overlapped:
         return f"<Overlapped {_KINDS[self.kind]} pending={self.pending}>"
 
 
-class _Conn:
+class _Conn(ConnState):
     """Per-connection state: its I/O thread, a receive and a send context, its life stage."""
 
-    __slots__ = ("conn", "sock", "fd", "io", "recv_ov", "send_ov", "reading", "eof_held",
-                 "released", "lingering", "deadline", "ending", "abort", "finished")
+    __slots__ = ("io",)
 
     def __init__(self, conn: Transport, io: IoThread, recv_size: int) -> None:
-        self.conn = conn
-        self.sock = conn._sock
-        self.fd = conn._fd
+        super().__init__(conn, Overlapped(_RECV, self, recv_size), Overlapped(_SEND, self))
         self.io = io
-        self.recv_ov = Overlapped(_RECV, self, recv_size)
-        self.send_ov = Overlapped(_SEND, self)
-        self.reading = False
-        self.eof_held = False     # the peer's EOF came while reading was paused
-        self.released = False
-        self.lingering = False
-        self.deadline = 0.0
-        self.ending = False       # ops cancelled; close once their results are fetched
-        self.abort = False
-        self.finished = False
-
-    def busy(self) -> bool:
-        return self.recv_ov.pending or self.send_ov.pending
 
 
-class _Listener:
-    __slots__ = ("sock", "fd", "ovs", "closing", "closed")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.ovs: list[Overlapped] = []
-        self.closing = False
-        self.closed = False
+_Listener = Listener
 
 
-class IoThread:
+class IoThread(OverlappedConns):
     """One thread running the article's loop over at most 64 events: post ops, wait on their
     events, reset the signalled ones, fetch the results, process, re-post."""
 
@@ -291,7 +275,7 @@ class IoThread:
         self.timers: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self.conns: set[Transport] = set()
-        self.lingering: set[_Conn] = set()
+        self._lingering: set[ConnState] = set()
         self._ticking = False
         self.stopping = False
         self._stop_deadline = 0.0
@@ -514,17 +498,8 @@ class IoThread:
                 pool.discard(ev)
             self._close_wakefd()
             # No kernel op refers to these sockets any more: close and report them.
-            for conn in list(self.conns):
-                st: _Conn = conn.rung_data
-                if not st.finished:
-                    st.finished = True
-                    close_socket(st.sock, True, shutdown=False)
-                    self.conns.discard(conn)
-                    conn._on_released()
-            for lst in self.listeners:
-                if not lst.closed:
-                    lst.closed = True
-                    lst.sock.close()
+            self._close_leftovers(self.conns)
+            close_listener_sockets(self.listeners)
             if self.listeners:
                 self.rung._listeners_closed.set()
             self.calls.clear()
@@ -540,12 +515,7 @@ class IoThread:
         short; the loop ends once every op's result is in (bounded by STOP_DRAIN)."""
         if self.listeners:
             self.close_listeners()
-        for conn in list(self.conns):
-            st: _Conn = conn.rung_data
-            if not conn._released:
-                conn._force_close(None)
-            elif not st.ending and not st.finished:
-                self._end(st, abort=True)
+        self._reset_conns(self.conns)
         self._stop_deadline = time.monotonic() + STOP_DRAIN
         self.stopping = True
 
@@ -566,7 +536,7 @@ class IoThread:
     def _accept_done(self, lst: _Listener, ov: Overlapped, res: int) -> None:
         if lst.closing or not self.rung._accepting:
             if res >= 0:
-                self.rung._refuse_fd(lst, res, "the server stopped accepting")
+                refuse_fd(self.rung.core, lst, res, "the server stopped accepting")
             self._maybe_close_listener(lst)
             return
         if res >= 0:
@@ -576,11 +546,11 @@ class IoThread:
             else:
                 self._accept_ex(lst, ov)   # keep ACCEPTS pending, as with AcceptEx
             return
-        if -res in _LISTENER_GONE:
+        if -res in LISTENER_GONE:
             lst.closing = True
             self._maybe_close_listener(lst)
             return
-        delay = self.rung.core.accept_error(_oserror(-res))
+        delay = self.rung.core.accept_error(oserror(-res))
         if delay:
             self.call_later(delay, self._accept_ex, lst, ov)
         else:
@@ -601,12 +571,7 @@ class IoThread:
     def _maybe_close_listener(self, lst: _Listener) -> None:
         """Close ``lst`` once it is closing and none of its accepts is pending (between
         ``stop_accepting()`` and ``close_listeners()`` accepts are simply not re-posted)."""
-        if lst.closed or not lst.closing or any(ov.pending for ov in lst.ovs):
-            return
-        lst.closed = True
-        lst.sock.close()
-        if all(x.closed for x in self.listeners):
-            self.rung._listeners_closed.set()
+        maybe_close_listener(lst, self.listeners, self.rung._listeners_closed)
 
     def adopt(self, conn: Transport) -> None:
         """On this thread: a connection placed here starts (``connection_made``)."""
@@ -616,8 +581,15 @@ class IoThread:
             return
         conn._start()
 
-    # ------------------------------------------------------------------------ receiving
-    def wsa_recv(self, st: _Conn) -> None:
+    # ------------------------------------------- the connections' model (OverlappedConns)
+    @property
+    def _core(self) -> Any:
+        return self.rung.core
+
+    def _is_stopping(self) -> bool:
+        return self.stopping
+
+    def wsa_recv(self, st: ConnState) -> None:
         """``WSARecv(sock, WSABUF, ..., ov{hEvent})``: the buffer goes with the request."""
         ov = st.recv_ov
         try:
@@ -625,111 +597,42 @@ class IoThread:
         except OSError as exc:   # no event object to be had
             st.conn._on_error(exc)
 
-    def _recv_done(self, st: _Conn, ov: Overlapped, res: int) -> None:
-        if st.released:
-            if st.lingering and not st.ending:
-                self._linger_recv(st, res)
-            else:
-                self._maybe_finish(st)
-            return
-        conn = st.conn
-        if res < 0:
-            conn._on_error(_oserror(-res))
-            return
-        if not res:
-            if st.reading:
-                conn._on_eof()
-            else:
-                st.eof_held = True   # part of the stream: delivered after resume_reading()
-            return
-        conn._on_data(bytes(ov.view[:res]))  # type: ignore[index]
-        if st.reading and not ov.pending and not st.released:
-            self.wsa_recv(st)   # and post the next receive
-
-    # -------------------------------------------------------------------------- sending
-    def wsa_send(self, st: _Conn) -> None:
+    def wsa_send(self, st: ConnState) -> None:
         """``WSASend(sock, chunk, ..., ov{hEvent})``: one send at a time per connection."""
         try:
             self._post(st.send_ov, self.ring.prep_send, st.fd, st.conn._next_chunk())
         except OSError as exc:
             st.conn._on_error(exc)
 
-    def _send_done(self, st: _Conn, res: int) -> None:
-        if st.released:
-            self._maybe_finish(st)
-            return
-        conn = st.conn
-        if res <= 0:
-            conn._on_error(_oserror(-res) if res else OSError(errno.EPIPE,
-                                                                "send moved no bytes"))
-            return
-        if conn._on_sent(res):
-            self.wsa_send(st)   # a short send: the rest, as a new op
+    _post_send = wsa_send
 
-    # --------------------------------------------------------------------------- closing
-    def _end(self, st: _Conn, abort: bool, later: bool = False) -> None:
-        """Cancel the connection's pending ops (``CancelIo``: their events still fire, the
-        link is hard); once every result is fetched, close the socket (a reset if ``abort``)
-        and report the release. ``later``: from ``release()``, which must not report it."""
-        if st.lingering:
-            st.lingering = False
-            self.lingering.discard(st)
-        st.ending = True
-        st.abort = abort
-        if st.busy():
-            self.ring.prep_cancel_fd(st.fd, _CANCEL, True)
-            return
-        if later:
-            self.call(self._maybe_finish, st)
-        else:
-            self._maybe_finish(st)
+    def _cancel_conn(self, st: ConnState) -> None:
+        self.ring.prep_cancel_fd(st.fd, _CANCEL, True)   # their events still fire: hard link
 
-    def _maybe_finish(self, st: _Conn) -> None:
-        if st.finished or not st.ending or st.busy():
-            return
-        st.finished = True
-        close_socket(st.sock, st.abort, shutdown=False)
+    def _queue(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.call(fn, *args)
+
+    def _forget(self, st: ConnState) -> None:
         self.conns.discard(st.conn)
         self.rung._unplace(self)
-        st.conn._on_released()
 
-    # -------------------------------------------------------------- lingering close
-    def linger(self, st: _Conn) -> None:
-        """Released gracefully with bytes the peer has not acknowledged (``rungs.base``): a
-        receive stays posted that discards what the peer still sends, and a timer looks at
-        the send queue, until it is empty, the peer's EOF, or the deadline."""
-        st.lingering = True
-        st.deadline = time.monotonic() + linger_timeout(self.rung.core)
-        self.lingering.add(st)
-        if not st.recv_ov.pending:
-            self.wsa_recv(st)
+    def _start_linger_tick(self) -> None:
         if not self._ticking:
             self._ticking = True
             self.call_later(LINGER_POLL, self._linger_tick)
 
+    def _recv_done(self, st: _Conn, ov: Overlapped, res: int) -> None:
+        self._recv_result(st, -res if res < 0 else 0, res if res > 0 else 0)
+
+    def _send_done(self, st: _Conn, res: int) -> None:
+        self._send_result(st, -res if res < 0 else 0, res if res > 0 else 0)
+
     def _linger_tick(self) -> None:
-        now = time.monotonic()
-        for st in list(self.lingering):
-            if not unsent_bytes(st.sock):
-                self._end(st, abort=False)
-            elif now >= st.deadline:
-                self._end(st, abort=True)
-        if self.lingering:
+        sweep_lingering(self._lingering, self._end)
+        if self._lingering:
             self.call_later(LINGER_POLL, self._linger_tick)
         else:
             self._ticking = False
-
-    def _linger_recv(self, st: _Conn, res: int) -> None:
-        if res < 0:
-            self._end(st, abort=True)
-        elif res == 0:
-            # The peer's EOF: it sends nothing more, so close() cannot provoke a reset; the
-            # kernel still delivers what is queued, then our FIN.
-            self._end(st, abort=False)
-        else:
-            self.wsa_recv(st)   # discard and keep listening
-            if not st.recv_ov.pending:   # no event object for it: give up waiting
-                self._end(st, abort=True)
 
 
 class OverlappedEventRung(Rung):
@@ -751,19 +654,12 @@ class OverlappedEventRung(Rung):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            from ..kernel import uring
-        except ImportError as exc:
-            return f"the io_uring extension is not built: {exc}"
-        return uring.availability()
+        return uring_unavailable_reason()
 
     def __init__(self, core: Any, *, accepts: int = ACCEPTS, recv_size: int = RECV_SIZE) -> None:
         super().__init__(core)
         from ..kernel import uring
-        if accepts < 1:
-            raise ValueError("accepts must be >= 1")
-        if recv_size < 1:
-            raise ValueError("recv_size must be >= 1")
+        check_options(accepts, recv_size)
         self._uring = uring
         self.accepts = accepts
         self.recv_size = recv_size
@@ -821,18 +717,11 @@ class OverlappedEventRung(Rung):
     def stop_accepting(self) -> None:
         first = self._threads[0] if self._threads else None
         if first is None or not first.thread.is_alive():
-            for lst in self._listeners:
-                if not lst.closed:
-                    lst.closed = True
-                    lst.sock.close()
+            close_listener_sockets(self._listeners)
             self._listeners_closed.set()
             return
         self._accepting = False
-        for lst in self._listeners:
-            try:
-                lst.sock.shutdown(socket.SHUT_RD)   # stop listening now: new SYNs are refused
-            except OSError:
-                pass
+        stop_listening(self._listeners)   # new SYNs are refused from now on
         if threading.get_ident() == first.tid:
             first.close_listeners()
             return
@@ -887,10 +776,8 @@ class OverlappedEventRung(Rung):
     def _adopt(self, lst: _Listener, fd: int) -> float:
         """On the first thread: wrap an accepted socket and place it on a thread with room
         (starting one if all are full). Returns a back-off delay when out of resources."""
-        try:
-            sock = socket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=fd)
-        except OSError:
-            os.close(fd)
+        sock = wrap_fd(lst, fd)
+        if sock is None:
             return 0.0
         conn = self.core.admit(sock, self)
         if conn is None:
@@ -924,14 +811,6 @@ class OverlappedEventRung(Rung):
         with self._lock:
             io.reserved -= 1
 
-    def _refuse_fd(self, lst: _Listener, fd: int, why: str) -> None:
-        try:
-            sock = socket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=fd)
-        except OSError:
-            os.close(fd)
-            return
-        self.core.refuse(sock, why)
-
     # ------------------------------------------------------------------------ driver API
     def dispatch(self, conn: Transport, fn: Callable[..., Any], *args: Any) -> None:
         io: IoThread = conn.rung_data.io
@@ -949,46 +828,11 @@ class OverlappedEventRung(Rung):
 
     def set_reading(self, conn: Transport, on: bool) -> None:
         st: _Conn = conn.rung_data
-        if st.released:
-            return
-        st.reading = on
-        if not on:
-            return   # a receive already posted stays: the transport holds what it brings
-        if st.eof_held:
-            st.io.call(self._deliver_eof, st)
-        elif not st.recv_ov.pending:
-            st.io.wsa_recv(st)
-
-    @staticmethod
-    def _deliver_eof(st: _Conn) -> None:
-        if st.eof_held and st.reading and not st.released:
-            st.eof_held = False
-            st.conn._on_eof()
-
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
+        st.io.set_conn_reading(st, on)
 
     def release(self, conn: Transport, abort: bool) -> None:
         st: _Conn = conn.rung_data
-        st.released = True
-        st.reading = False
-        io = st.io
-        if self.core.linger == 0:
-            abort = True   # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    st.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass   # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(st.sock) and not st.send_ov.pending and not io.stopping:
-                    io.linger(st)
-                    return
-        io._end(st, abort, later=True)
+        st.io.release_conn(st, abort)
 
 
 RUNG = OverlappedEventRung

@@ -54,9 +54,7 @@ alternation: waits, routines per wait (the backlog a busy thread builds up), use
 from __future__ import annotations
 
 import collections
-import errno
 import logging
-import os
 import socket
 import threading
 import time
@@ -64,7 +62,21 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import LINGER_POLL, Rung, sweep_lingering
+from .overlapped import (
+    LISTENER_GONE,
+    ConnState,
+    Listener,
+    OverlappedConns,
+    check_options,
+    close_listener_sockets,
+    maybe_close_listener,
+    oserror,
+    refuse_fd,
+    stop_listening,
+    uring_unavailable_reason,
+    wrap_fd,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -76,14 +88,6 @@ ACCEPTS = 4
 RING_ENTRIES = 1024
 #: how long ``stop()`` lets cancelled ops complete before the ring's close takes over.
 STOP_DRAIN = 2.0
-
-#: accept errors that mean the listener itself is gone (our own stop_accepting).
-_LISTENER_GONE = frozenset({errno.ECANCELED, errno.EINVAL, errno.EBADF, errno.ENOTSOCK})
-_ECANCELED = errno.ECANCELED
-
-
-def _oserror(err: int) -> OSError:
-    return OSError(err, os.strerror(err))
 
 
 class Overlapped:
@@ -110,44 +114,20 @@ class Overlapped:
         return f"<Overlapped routine={name} pending={self.pending}>"
 
 
-class _Conn:
-    """The rung's per-connection state: a receive and a send context, and where the
-    connection is in its life."""
+class _Conn(ConnState):
+    """The rung's per-connection state: a receive and a send context (each op's routine runs
+    with it as ``ov.owner``), and where the connection is in its life."""
 
-    __slots__ = ("conn", "sock", "fd", "recv_ov", "send_ov", "reading", "eof_held", "released",
-                 "lingering", "deadline", "ending", "abort", "finished")
+    __slots__ = ()
 
     def __init__(self, conn: Transport, recv_size: int) -> None:
-        self.conn = conn
-        self.sock = conn._sock
-        self.fd = conn._fd
-        self.recv_ov = Overlapped(self, recv_size)
-        self.send_ov = Overlapped(self)
-        self.reading = False
-        self.eof_held = False     # the peer's EOF came while reading was paused
-        self.released = False     # release() called: the transport is done with it
-        self.lingering = False    # released gracefully, waiting for the peer's ACKs
-        self.deadline = 0.0
-        self.ending = False       # ops cancelled; close once their routines have run
-        self.abort = False
-        self.finished = False     # socket closed, release reported
-
-    def busy(self) -> bool:
-        return self.recv_ov.pending or self.send_ov.pending
+        super().__init__(conn, Overlapped(self, recv_size), Overlapped(self))
 
 
-class _Listener:
-    __slots__ = ("sock", "fd", "ovs", "closing", "closed")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.ovs: list[Overlapped] = []
-        self.closing = False
-        self.closed = False
+_Listener = Listener
 
 
-class OverlappedRoutineRung(Rung):
+class OverlappedRoutineRung(OverlappedConns, Rung):
     name = "overlapped-routine"
     seed = "overlapped I/O, completion routines (APC)"
     windows_api = ("WSARecv/WSASend/AcceptEx with lpCompletionRoutine, SleepEx / "
@@ -161,19 +141,12 @@ class OverlappedRoutineRung(Rung):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            from ..kernel import uring
-        except ImportError as exc:
-            return f"the io_uring extension is not built: {exc}"
-        return uring.availability()
+        return uring_unavailable_reason()
 
     def __init__(self, core: Any, *, accepts: int = ACCEPTS, recv_size: int = RECV_SIZE) -> None:
         super().__init__(core)
         from ..kernel import uring
-        if accepts < 1:
-            raise ValueError("accepts must be >= 1")
-        if recv_size < 1:
-            raise ValueError("recv_size must be >= 1")
+        check_options(accepts, recv_size)
         self._uring = uring
         self.accepts = accepts
         self.recv_size = recv_size
@@ -257,17 +230,8 @@ class OverlappedRoutineRung(Rung):
             self._ring.close()   # cancels what is still pending and waits for it (bounded)
         finally:
             # No kernel op refers to these sockets any more: close and report them.
-            for conn in list(self._conns):
-                st: _Conn = conn.rung_data
-                if not st.finished:
-                    st.finished = True
-                    close_socket(st.sock, True, shutdown=False)
-                    self._conns.discard(conn)
-                    conn._on_released()
-            for lst in self._listeners:
-                if not lst.closed:
-                    lst.closed = True
-                    lst.sock.close()
+            self._close_leftovers(self._conns)
+            close_listener_sockets(self._listeners)
             self._listeners_closed.set()
             # APCs queued after the last wait find nothing to act on: the connections are gone.
             self._apcs.clear()
@@ -275,18 +239,11 @@ class OverlappedRoutineRung(Rung):
     def stop_accepting(self) -> None:
         thread = self._thread
         if thread is None or not thread.is_alive():
-            for lst in self._listeners:
-                if not lst.closed:
-                    lst.closed = True
-                    lst.sock.close()
+            close_listener_sockets(self._listeners)
             self._listeners_closed.set()
             return
         self._accepting = False
-        for lst in self._listeners:
-            try:
-                lst.sock.shutdown(socket.SHUT_RD)  # stop listening now: new SYNs are refused
-            except OSError:
-                pass
+        stop_listening(self._listeners)  # new SYNs are refused from now on
         if threading.get_ident() == self._tid:
             self._close_listeners()
             return
@@ -308,12 +265,7 @@ class OverlappedRoutineRung(Rung):
             self._maybe_close_listener(lst)
 
     def _maybe_close_listener(self, lst: _Listener) -> None:
-        if lst.closed or not lst.closing or any(ov.pending for ov in lst.ovs):
-            return
-        lst.closed = True
-        lst.sock.close()
-        if all(x.closed for x in self._listeners):
-            self._listeners_closed.set()
+        maybe_close_listener(lst, self._listeners, self._listeners_closed)
 
     def stop(self) -> None:
         thread = self._thread
@@ -331,12 +283,7 @@ class OverlappedRoutineRung(Rung):
         """Issuing thread: stop accepting, reset what is still open, cut lingering closes
         short; the loop ends once every routine has run (bounded by STOP_DRAIN)."""
         self._close_listeners()
-        for conn in list(self._conns):
-            st: _Conn = conn.rung_data
-            if not conn._released:
-                conn._force_close(None)
-            elif not st.ending and not st.finished:
-                self._end(st, abort=True)
+        self._reset_conns(self._conns)
         self._stop_deadline = time.monotonic() + STOP_DRAIN
         self._stopping = True
 
@@ -430,18 +377,18 @@ class OverlappedRoutineRung(Rung):
         if lst.closing or not self._accepting:
             # stop_accepting() has begun: not ours to serve; _close_listeners() closes it.
             if not err:
-                self._refuse_fd(lst, fd, "the server stopped accepting")
+                refuse_fd(self.core, lst, fd, "the server stopped accepting")
             self._maybe_close_listener(lst)
             return
         if not err:
             self._accept_ex(lst, ov)   # keep ACCEPTS pending, as with AcceptEx
             self._adopt(lst, fd)
             return
-        if err in _LISTENER_GONE:
+        if err in LISTENER_GONE:
             lst.closing = True
             self._maybe_close_listener(lst)
             return
-        delay = self.core.accept_error(_oserror(err))
+        delay = self.core.accept_error(oserror(err))
         if not delay:
             self._accept_ex(lst, ov)
             return
@@ -458,19 +405,9 @@ class OverlappedRoutineRung(Rung):
         else:
             self._accept_ex(lst, ov)
 
-    def _refuse_fd(self, lst: _Listener, fd: int, why: str) -> None:
-        try:
-            sock = socket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=fd)
-        except OSError:
-            os.close(fd)
-            return
-        self.core.refuse(sock, why)
-
     def _adopt(self, lst: _Listener, fd: int) -> None:
-        try:
-            sock = socket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=fd)
-        except OSError:
-            os.close(fd)
+        sock = wrap_fd(lst, fd)
+        if sock is None:
             return
         conn = self.core.admit(sock, self)
         if conn is None:
@@ -479,87 +416,43 @@ class OverlappedRoutineRung(Rung):
         self._conns.add(conn)
         conn._start()   # connection_made, inside the accept's routine
 
-    # ------------------------------------------------------------------------ receiving
-    def _wsa_recv(self, st: _Conn) -> None:
+    # ------------------------------------------- the connections' model (OverlappedConns)
+    @property
+    def _core(self) -> Any:
+        return self.core
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    def wsa_recv(self, st: ConnState) -> None:
         """``WSARecv(sock, WSABUF, ..., ov, _recv_done)``: the buffer goes with the request."""
         ov = st.recv_ov
         ov.routine = self._recv_done
         ov.op_id = self._post(self._ring.prep_recv, st.fd, ov.buf, ov)
         ov.pending = True
 
-    def _recv_done(self, err: int, n: int, ov: Overlapped, flags: int) -> None:
-        st: _Conn = ov.owner
-        if st.released:
-            if st.lingering and not st.ending:
-                self._linger_recv(st, err, n)
-            else:
-                self._maybe_finish(st)
-            return
-        conn = st.conn
-        if err:
-            conn._on_error(_oserror(err))
-            return
-        if not n:
-            if st.reading:
-                conn._on_eof()
-            else:
-                st.eof_held = True   # part of the stream: delivered after resume_reading()
-            return
-        conn._on_data(bytes(ov.view[:n]))  # type: ignore[index]
-        if st.reading and not ov.pending and not st.released:
-            self._wsa_recv(st)   # re-post, from inside the routine
+    def _post_send(self, st: ConnState) -> None:
+        self.start_send(st.conn)
 
-    # -------------------------------------------------------------------------- sending
-    def _send_done(self, err: int, n: int, ov: Overlapped, flags: int) -> None:
-        st: _Conn = ov.owner
-        if st.released:
-            self._maybe_finish(st)
-            return
-        conn = st.conn
-        if err or not n:
-            conn._on_error(_oserror(err) if err else OSError(errno.EPIPE, "send moved no bytes"))
-            return
-        if conn._on_sent(n):
-            self.start_send(conn)   # a short send: the rest, as a new op
+    def _cancel_conn(self, st: ConnState) -> None:
+        self._post(self._ring.prep_cancel_fd, st.fd, self._cancel_ov, True)
 
-    # ------------------------------------------------------------------------- closing
-    def _end(self, st: _Conn, abort: bool, later: bool = False) -> None:
-        """Cancel the connection's pending ops (CancelIo); once every routine has run, close
-        the socket (a reset if ``abort``) and report the release. ``later``: called from
-        ``release()``, which must not report the release itself."""
-        if st.lingering:
-            st.lingering = False
-            self._lingering.discard(st)
-        st.ending = True
-        st.abort = abort
-        if st.busy():
-            self._post(self._ring.prep_cancel_fd, st.fd, self._cancel_ov, True)
-            return   # each routine runs (ECANCELED or its own result): _maybe_finish
-        if later:
-            self.queue_apc(self._maybe_finish, st)   # on this thread, after release() returns
-        else:
-            self._maybe_finish(st)
+    def _queue(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.queue_apc(fn, *args)   # on this thread, after the caller returns
 
-    def _maybe_finish(self, st: _Conn) -> None:
-        if st.finished or not st.ending or st.busy():
-            return
-        st.finished = True
-        close_socket(st.sock, st.abort, shutdown=False)
+    def _forget(self, st: ConnState) -> None:
         self._conns.discard(st.conn)
-        st.conn._on_released()
 
-    # ------------------------------------------------------------------ lingering close
-    def _linger(self, st: _Conn) -> None:
-        """Released gracefully with bytes the peer has not acknowledged (see ``rungs.base``):
-        keep a receive posted that discards what the peer still sends, and look at the send
-        queue on a timer routine, until it is empty, the peer's EOF, or the deadline."""
-        st.lingering = True
-        st.deadline = time.monotonic() + linger_timeout(self.core)
-        self._lingering.add(st)
-        if not st.recv_ov.pending:
-            self._wsa_recv(st)
+    def _start_linger_tick(self) -> None:
         if not self._tick_ov.pending:
             self._arm_tick()
+
+    # ------------------------------------------------------------------------ routines
+    def _recv_done(self, err: int, n: int, ov: Overlapped, flags: int) -> None:
+        self._recv_result(ov.owner, err, n)
+
+    def _send_done(self, err: int, n: int, ov: Overlapped, flags: int) -> None:
+        self._send_result(ov.owner, err, n)
 
     def _arm_tick(self) -> None:
         ov = self._tick_ov
@@ -568,24 +461,9 @@ class OverlappedRoutineRung(Rung):
         ov.pending = True
 
     def _linger_tick(self, err: int, n: int, ov: Overlapped, flags: int) -> None:
-        now = time.monotonic()
-        for st in list(self._lingering):
-            if not unsent_bytes(st.sock):
-                self._end(st, abort=False)
-            elif now >= st.deadline:
-                self._end(st, abort=True)
+        sweep_lingering(self._lingering, self._end)
         if self._lingering and not self._stopping:
             self._arm_tick()
-
-    def _linger_recv(self, st: _Conn, err: int, n: int) -> None:
-        if err:
-            self._end(st, abort=True)
-        elif not n:
-            # The peer's EOF: it sends nothing more, so close() cannot provoke a reset; the
-            # kernel still delivers what is queued, then our FIN.
-            self._end(st, abort=False)
-        else:
-            self._wsa_recv(st)   # discard and keep listening
 
     # ------------------------------------------------------------------------ driver API
     def dispatch(self, conn: Transport, fn: Callable[..., Any], *args: Any) -> None:
@@ -610,45 +488,10 @@ class OverlappedRoutineRung(Rung):
         ov.pending = True
 
     def set_reading(self, conn: Transport, on: bool) -> None:
-        st: _Conn = conn.rung_data
-        if st.released:
-            return
-        st.reading = on
-        if not on:
-            return   # a receive already posted stays: the transport holds what it brings
-        if st.eof_held:
-            self.queue_apc(self._deliver_eof, st)
-        elif not st.recv_ov.pending:
-            self._wsa_recv(st)
-
-    def _deliver_eof(self, st: _Conn) -> None:
-        if st.eof_held and st.reading and not st.released:
-            st.eof_held = False
-            st.conn._on_eof()
-
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
+        self.set_conn_reading(conn.rung_data, on)
 
     def release(self, conn: Transport, abort: bool) -> None:
-        st: _Conn = conn.rung_data
-        st.released = True
-        st.reading = False
-        if self.core.linger == 0:
-            abort = True   # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    st.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass   # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(st.sock) and not st.send_ov.pending and not self._stopping:
-                    self._linger(st)
-                    return
-        self._end(st, abort, later=True)
+        self.release_conn(conn.rung_data, abort)
 
 
 RUNG = OverlappedRoutineRung

@@ -25,7 +25,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..transport import Transport
-from .base import LINGER_POLL, Receiver, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import (
+    LINGER_DONE,
+    LINGER_POLL,
+    LINGER_RESET,
+    Lingering,
+    Receiver,
+    Rung,
+    close_socket,
+    discard_input,
+    release_policy,
+    sweep_lingering,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -44,19 +55,6 @@ class Listener:
         self.sock = sock
         self.fd = sock.fileno()
         self.paused = False
-
-
-class Lingering:
-    """A released connection in its lingering close (see ``rungs.base``): write side shut,
-    input read and discarded, until the peer has acknowledged every byte or the deadline."""
-
-    __slots__ = ("conn", "sock", "_fd", "deadline")
-
-    def __init__(self, conn: Transport, deadline: float) -> None:
-        self.conn = conn
-        self.sock = conn._sock
-        self._fd = conn._fd  # the name the subclasses' _watch() reads
-        self.deadline = deadline
 
 
 class ReactorRung(Rung):
@@ -321,48 +319,28 @@ class ReactorRung(Rung):
             conn.rung_data = on
             self._watch(conn, on, conn._sending)
 
-    def shutdown_write(self, conn: Transport) -> None:
-        try:
-            conn._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            conn._on_error(exc)
-
     def release(self, conn: Transport, abort: bool) -> None:
         self._unwatch(conn)
         self._conns.discard(conn)
-        sock = conn._sock
-        if self.core.linger == 0:
-            abort = True  # LingerOption(true, 0): every close is a reset, never a FIN first
-        if not abort:
-            try:
-                if not conn._shut_wr:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the peer is gone already: nothing left to protect
-            else:
-                if unsent_bytes(sock):
-                    self._linger(conn)
-                    return
-        close_socket(sock, abort, shutdown=False)
+        abort, linger = release_policy(conn, self.core, abort)
+        if linger:
+            self._linger(conn)
+            return
+        close_socket(conn._sock, abort, shutdown=False)
         # asyncio delivers connection_lost on a later loop iteration, never inside close().
         self._call(conn._on_released)
 
     # ------------------------------------------------------------------- lingering close
     def _linger(self, conn: Transport) -> None:
-        lg = Lingering(conn, time.monotonic() + linger_timeout(self.core))
+        lg = Lingering(conn, self.core)
         self._lingering.add(lg)
-        self._watch(lg, True, False)  # the slot conn just gave up: never refused
+        self._watch(lg, True, False)  # the slot conn just gave up (same _fd): never refused
         if not self._linger_ticking:
             self._linger_ticking = True
             self._call_later(LINGER_POLL, self._linger_tick)
 
     def _linger_tick(self) -> None:
-        now = time.monotonic()
-        for lg in list(self._lingering):
-            if not unsent_bytes(lg.sock):
-                self._end_linger(lg, abort=False)
-            elif now >= lg.deadline:
-                self._end_linger(lg, abort=True)
+        sweep_lingering(self._lingering, self._end_linger)
         if self._lingering:
             self._call_later(LINGER_POLL, self._linger_tick)
         else:
@@ -372,17 +350,9 @@ class ReactorRung(Rung):
         """The lingering peer sent something: discard it; its EOF or an error ends the wait."""
         if lg not in self._lingering:
             return
-        try:
-            for _ in range(16):
-                if not lg.sock.recv(RECV_SIZE):
-                    # The peer's EOF: it sends nothing more, so close() cannot provoke a
-                    # reset; the kernel still delivers what is queued, then our FIN.
-                    self._end_linger(lg, abort=False)
-                    return
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._end_linger(lg, abort=True)
+        verdict = discard_input(lg.sock, RECV_SIZE, 16)
+        if verdict in (LINGER_DONE, LINGER_RESET):
+            self._end_linger(lg, abort=verdict == LINGER_RESET)
 
     def _end_linger(self, lg: Lingering, abort: bool) -> None:
         if lg not in self._lingering:
