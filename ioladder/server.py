@@ -134,7 +134,10 @@ class ServerCore:
             with self._cond:
                 idle = [c for c in self.connections if c.last_activity <= deadline]
             for conn in idle:
-                conn._driver.dispatch(conn, conn._idle_check, timeout)
+                try:
+                    conn._driver.dispatch(conn, conn._idle_check, timeout)
+                except Exception:  # one bad connection must not end the reaper for all
+                    log.exception("idle check of %r failed", conn)
 
     # -------------------------------------------------------------------------- shutdown
     def close_all(self, timeout: float) -> bool:
