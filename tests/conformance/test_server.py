@@ -254,7 +254,10 @@ def test_connect_reset_churn_leaves_nothing_behind(rung, cycles):
         finally:
             tracemalloc.stop()
         rss_grown = _rss() - rss_before
-        assert fd_count() == fds_warm
+        # Rungs free some kernel objects a moment after the last connection_lost (an idle
+        # group thread, a pooled event object): wait for them, then demand no growth at all.
+        assert wait_until(lambda: fd_count() <= fds_warm, 5.0), \
+            f"{fd_count() - fds_warm} descriptors more than before the churn"
         assert srv.core.accepted_total == 200 + cycles
     finally:
         srv.shutdown()
