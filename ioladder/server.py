@@ -200,7 +200,36 @@ def _listeners(host: str | None, port: int, backlog: int, reuse_port: bool) -> l
     return socks
 
 
-class Server:
+class Serving:
+    """What every running server offers (one :class:`Server`, or a pool of worker processes):
+    ``serve_forever()``, ``wait_closed()`` and the context manager, over ``shutdown()`` and the
+    ``_done`` event it sets."""
+
+    _done: threading.Event
+
+    def shutdown(self, timeout: float = 10.0) -> Any:
+        raise NotImplementedError
+
+    def serve_forever(self) -> None:
+        """Block until ``shutdown()``; Ctrl-C shuts down gracefully."""
+        try:
+            while not self._done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            log.info("interrupted: shutting down gracefully")
+            self.shutdown()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class Server(Serving):
     """A running TCP server on one rung; use as a context manager or call ``shutdown()``."""
 
     def __init__(self, protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1",
@@ -261,24 +290,6 @@ class Server:
                 self.core.stop()
                 self.rung.stop()
                 self._done.set()
-
-    def serve_forever(self) -> None:
-        """Block until ``shutdown()``; Ctrl-C shuts down gracefully."""
-        try:
-            while not self._done.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            log.info("interrupted: shutting down gracefully")
-            self.shutdown()
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
     def __repr__(self) -> str:
         return f"<ioladder.Server {self.model} {self.addresses} conns={self.connections}>"

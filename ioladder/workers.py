@@ -47,6 +47,7 @@ from typing import Any
 
 from . import rungs
 from .apps import AppOptions, make_factory
+from .server import Serving
 
 log = logging.getLogger("ioladder")
 
@@ -140,7 +141,7 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-class WorkerPool:
+class WorkerPool(Serving):
     """N supervised worker processes serving one app on one port (see the module docstring).
 
     The interface follows :class:`~ioladder.server.Server`: ``port``, ``addresses``, ``model``,
@@ -251,24 +252,6 @@ class WorkerPool:
                 self._cleanup()
                 self._done.set()
             return self.clean_exit
-
-    def serve_forever(self) -> None:
-        """Block until ``shutdown()``; Ctrl-C shuts down gracefully."""
-        try:
-            while not self._done.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            log.info("interrupted: shutting down the workers gracefully")
-            self.shutdown()
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
     def __repr__(self) -> str:
         return f"<ioladder.WorkerPool {self.model} {self.addresses} workers={self.pids}>"
