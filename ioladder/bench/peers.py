@@ -26,6 +26,17 @@ generator connects a batch at once), and raises its soft ``RLIMIT_NOFILE`` to th
 
 A peer whose package is not installed is *unavailable*, never an error: :func:`reason` says
 which package is missing and that ``pip install 'ioladder[bench]'`` brings it.
+
+HTTP peers (:data:`HTTP_PEERS`, for ``ioladder bench --profile http``; nginx, the fourth, is run
+by :mod:`ioladder.bench.http` itself) answer ``GET /`` with the 13-byte ``Hello, World!`` the
+``http`` app sends, keep-alive, and the same ``LISTENING <port>`` line:
+
+| peer                | what it is                                                            |
+|---------------------|-----------------------------------------------------------------------|
+| `uvloop-httptools`  | uvloop loop, a bare ``asyncio.Protocol`` feeding ``httptools``        |
+| `asyncio-httptools` | the stdlib selector loop, the same Protocol                           |
+| `uvicorn`           | uvicorn (``--loop uvloop --http httptools --no-access-log``, one      |
+|                     | worker) serving a minimal ASGI app                                    |
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 BACKLOG = 1024
@@ -210,13 +222,167 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
 )}
 
 
+# ------------------------------------------------------------------------ HTTP peers
+#
+# For ``ioladder bench --profile http`` (:mod:`ioladder.bench.http`): the servers the ``http``
+# app is measured beside. Each answers ``GET /`` with ``Hello, World!`` (13 bytes, text/plain,
+# ``Server``/``Date``/``Content-Type``/``Content-Length`` like the app), anything else with
+# 404, keeps connections alive as HTTP/1.1 asks, and pauses reading while its peer does not read.
+
+HELLO_BODY = b"Hello, World!"
+
+
+class HttpHelloProtocol(asyncio.Protocol):
+    """The raw server: an ``asyncio.Protocol`` feeding ``httptools`` (the shape of uvloop's own
+    HTTP benchmark server). One parser per connection; the response is prebuilt once a second."""
+
+    _second = -1
+    _responses: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
+
+    def __init__(self) -> None:
+        import httptools
+
+        self._parser = httptools.HttpRequestParser(self)
+        self._error = httptools.HttpParserError
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+
+    @classmethod
+    def _refresh(cls, now: int) -> None:
+        import email.utils
+
+        date = email.utils.formatdate(now, usegmt=True).encode("ascii")
+        out = []
+        for status, body in ((b"200 OK", HELLO_BODY), (b"404 Not Found", b"Not Found\n")):
+            for conn in (b"", b"Connection: close\r\n"):
+                out.append(b"HTTP/1.1 %s\r\nServer: httptools\r\nDate: %s\r\nContent-Type: "
+                           b"text/plain\r\nContent-Length: %d\r\n%s\r\n%s"
+                           % (status, date, len(body), conn, body))
+        cls._responses = tuple(out)  # type: ignore[assignment]
+        cls._second = now
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except self._error:
+            assert self._transport is not None
+            self._transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                  b"Connection: close\r\n\r\n")
+            self._transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._url = url
+
+    def on_message_complete(self) -> None:
+        now = int(time.time())
+        if now != HttpHelloProtocol._second:
+            HttpHelloProtocol._refresh(now)
+        keep = self._parser.should_keep_alive()
+        found = self._url == b"/"
+        transport = self._transport
+        assert transport is not None
+        transport.write(self._responses[(0 if found else 2) + (0 if keep else 1)])
+        if not keep:
+            transport.close()
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+async def _serve_http_protocol(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(HttpHelloProtocol, host, port, backlog=BACKLOG)
+    _announce(server.sockets[0].getsockname()[1])
+    async with server:
+        await stop.wait()
+
+
+def _run_http(make_loop: Callable[[], asyncio.AbstractEventLoop]) -> Callable[[str, int], None]:
+    def serve(host: str, port: int) -> None:
+        loop = make_loop()
+        try:
+            loop.run_until_complete(_serve_http_protocol(host, port))
+        finally:
+            loop.close()
+    return serve
+
+
+def _uvloop_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+async def asgi_hello(scope: dict, receive: Callable, send: Callable) -> None:
+    """The minimal ASGI app uvicorn serves: ``GET /`` -> ``Hello, World!``, else 404."""
+    if scope["type"] != "http":
+        return
+    found = scope["path"] == "/"
+    body = HELLO_BODY if found else b"Not Found\n"
+    await send({"type": "http.response.start", "status": 200 if found else 404,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+#: what ``uvicorn`` is told: its fastest single-process settings, as on its command line
+#: ``uvicorn ioladder.bench.peers:asgi_hello --loop uvloop --http httptools --no-access-log
+#: --workers 1`` (plus ``--lifespan off --log-level warning``: nothing at start-up or per request)
+UVICORN_SETTINGS = {"loop": "uvloop", "http": "httptools", "access_log": False, "workers": 1,
+                    "lifespan": "off", "log_level": "warning", "backlog": BACKLOG}
+
+
+def _serve_uvicorn(host: str, port: int) -> None:
+    import uvicorn
+
+    # Bind here so the port (0: ephemeral) is known before uvicorn starts; uvicorn serves on the
+    # socket exactly as on one it bound itself (this is how its own workers are handed theirs).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    config = uvicorn.Config("ioladder.bench.peers:asgi_hello", host=host,
+                            port=sock.getsockname()[1], **UVICORN_SETTINGS)
+    _announce(sock.getsockname()[1])
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+HTTP_PEERS: dict[str, Peer] = {p.name: p for p in (
+    Peer("uvloop-httptools", "uvloop", "uvloop loop, raw asyncio.Protocol + httptools",
+         _run_http(_uvloop_loop)),
+    Peer("asyncio-httptools", "httptools", "asyncio selector loop, raw asyncio.Protocol + "
+         "httptools", _run_http(asyncio.SelectorEventLoop)),
+    Peer("uvicorn", "uvicorn", "uvicorn (uvloop + httptools, no access log, 1 worker), "
+         "minimal ASGI app", _serve_uvicorn),
+)}
+
+
+def http_names() -> list[str]:
+    return list(HTTP_PEERS)
+
+
 def names() -> list[str]:
     return list(PEERS)
 
 
 def reason(name: str) -> str | None:
-    """None if peer ``name`` can run here, else why not (the missing package)."""
-    peer = PEERS[name]
+    """None if peer ``name`` (echo or HTTP) can run here, else why not (the missing package)."""
+    peer = PEERS[name] if name in PEERS else HTTP_PEERS[name]
     if peer.package is None:
         return None
     try:
@@ -251,8 +417,9 @@ def version(package: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ioladder.bench.peers",
-                                     description="Run one peer echo server for the benchmark.")
-    parser.add_argument("--peer", required=True, choices=names())
+                                     description="Run one peer server (echo, or HTTP for the "
+                                                 "http profile) for the benchmark.")
+    parser.add_argument("--peer", required=True, choices=[*names(), *http_names()])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
@@ -261,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer {args.peer} unavailable: {why}", file=sys.stderr)
         return 3
     _raise_nofile()
-    PEERS[args.peer].serve(args.host, args.port)
+    (PEERS[args.peer] if args.peer in PEERS else HTTP_PEERS[args.peer]).serve(args.host, args.port)
     return 0
 
 

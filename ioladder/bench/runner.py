@@ -931,8 +931,10 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the demo profile (~2 minutes)")
     g.add_argument("--full", action="store_true", help="the whole matrix, 3 repetitions")
-    g.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                   help="named profile (default quick)")
+    g.add_argument("--profile", default="quick", choices=sorted([*PROFILES, "http"]),
+                   help="named profile (default quick); http: wrk against the http app, "
+                        "its own options (ioladder bench --profile http --help)")
+    g.add_argument("--http", action="store_true", help="the same as --profile http")
     p.add_argument("--servers", help="comma list of servers or groups: rungs, peers, floor, all "
                                      f"(servers: rung ids, {', '.join(peers.names())}, {FLOOR})")
     p.add_argument("--repeat", type=int, help="repetitions per case and server")
@@ -959,6 +961,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ioladder bench``; 130 after Ctrl-C or SIGTERM, with every child process gone."""
+    # --- HTTP profile hook: wrk against the http app has its own driver and options
+    words = list(argv) if argv is not None else sys.argv[1:]
+    from . import http as http_bench
+    if http_bench.wants_http(words):
+        return http_bench.main(words)
+    # --- end of the HTTP profile hook
     prev = signal.signal(signal.SIGTERM, _sigterm)
     try:
         return _main(argv)
