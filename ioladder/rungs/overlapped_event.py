@@ -133,6 +133,8 @@ class _Cancel:
 
 
 _CANCEL = _Cancel()
+#: ``_idle_since`` of the first thread once it has trimmed the pool for this idle period.
+_TRIMMED = -1.0
 
 
 class Event:
@@ -198,6 +200,14 @@ class EventPool:
                 return
             self.open -= 1
         os.close(ev.fd)
+
+    def trim(self, keep: int) -> None:
+        """Close free events beyond ``keep`` (``WSACloseEvent``)."""
+        with self._lock:
+            extra, self._free = self._free[keep:], self._free[:keep]
+            self.open -= len(extra)
+        for ev in extra:
+            os.close(ev.fd)
 
     def discard(self, ev: Event) -> None:
         """Close an event that was held by an op when its thread's ring closed."""
@@ -340,7 +350,7 @@ class IoThread(OverlappedConns):
         wait: float | None = None
         if self.timers:
             wait = max(0.0, self.timers[0][0] - time.monotonic())
-        if self._idle_since is not None:
+        if self._idle_since is not None and self._idle_since != _TRIMMED:
             left = max(0.0, self._idle_since + THREAD_LINGER - time.monotonic())
             wait = left if wait is None else min(wait, left)
         return -1 if wait is None else int(wait * 1000) + 1
@@ -472,15 +482,23 @@ class IoThread(OverlappedConns):
     # ----------------------------------------------------------------- thread life
     def _should_retire(self) -> bool:
         """A thread other than the first exits once it has served no connection for
-        THREAD_LINGER seconds."""
-        if self.index == 0 or self.conns or self.waiting or self.calls:
+        THREAD_LINGER seconds. The first never exits (it holds the accepts); after as long
+        without connections it hands the pool's spare events back instead, so the process's
+        descriptors follow the pending operations, not the last peak."""
+        if self.conns or self.calls or (self.waiting and self.index != 0):
             self._idle_since = None
+            return False
+        if self._idle_since == _TRIMMED:
             return False
         now = time.monotonic()
         if self._idle_since is None:
             self._idle_since = now
             return False
         if now - self._idle_since < THREAD_LINGER:
+            return False
+        if self.index == 0:
+            self.rung.pool.trim(keep=2)   # accept's reserve(2): one event for its connection
+            self._idle_since = _TRIMMED
             return False
         return self.rung._retire(self)
 
