@@ -79,6 +79,7 @@ from .base import (
     close_socket,
     discard_input,
     release_policy,
+    send_nonblocking,
     sweep_lingering,
 )
 
@@ -591,23 +592,10 @@ class AsyncSelectRung(Rung):
         return self._dead or threading.get_ident() == self._ident
 
     def start_send(self, conn: Transport) -> None:
-        sock = conn._sock
-        while True:
-            chunk = conn._next_chunk()
-            try:
-                n = sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                conn._on_error(exc)
-                return
-            if not conn._on_sent(n):
-                return
-            if not n:
-                # Only a send failing with EAGAIN arms the kernel's write-space wake-up
-                # (WSAEWOULDBLOCK re-enables FD_WRITE): now FD_WRITE will come.
-                conn.rung_data.want_write = True
-                return
+        if send_nonblocking(conn, until_eagain=True):
+            # Only a send failing with EAGAIN arms the kernel's write-space wake-up
+            # (WSAEWOULDBLOCK re-enables FD_WRITE): now FD_WRITE will come.
+            conn.rung_data.want_write = True
 
     def set_reading(self, conn: Transport, on: bool) -> None:
         st: _ConnState = conn.rung_data

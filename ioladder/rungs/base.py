@@ -101,6 +101,28 @@ class Receiver:
         return self._view[:n].tobytes()
 
 
+def send_nonblocking(conn: Transport, until_eagain: bool, flags: int = 0) -> bool:
+    """Send the transport's buffer with non-blocking ``send()`` calls (the readiness rungs'
+    write path). True: bytes remain and the caller must wait for write space its own way;
+    False: the flush ended, or failed and the transport was told. ``until_eagain``: keep
+    sending after a short send until the kernel refuses (edge-like notifications such as
+    ``FD_WRITE`` are re-enabled only by a send that fails with ``EWOULDBLOCK``)."""
+    sock = conn._sock
+    while True:
+        chunk = conn._next_chunk()
+        try:
+            n = sock.send(chunk, flags)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            conn._on_error(exc)
+            return False
+        if not conn._on_sent(n):
+            return False
+        if not n or (n < len(chunk) and not until_eagain):
+            return True
+
+
 def unsent_bytes(sock: socket.socket) -> int:
     """Bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``; a FIN
     counts as one). 0 when the socket cannot say (closed, not TCP)."""

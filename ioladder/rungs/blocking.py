@@ -40,6 +40,7 @@ from .base import (
     linger_step,
     linger_timeout,
     release_policy,
+    send_nonblocking,
 )
 
 log = logging.getLogger("ioladder")
@@ -320,21 +321,9 @@ class BlockingRung(Rung):
         return conn.rung_data.strand.inside()
 
     def start_send(self, conn: Transport) -> None:
+        if not send_nonblocking(conn, until_eagain=False, flags=socket.MSG_DONTWAIT):
+            return
         st: _Conn = conn.rung_data
-        sock = conn._sock
-        while True:
-            chunk = conn._next_chunk()
-            try:
-                n = sock.send(chunk, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                conn._on_error(exc)
-                return
-            if not conn._on_sent(n):
-                return
-            if n < len(chunk):
-                break
         # The kernel buffer is full: a writer thread blocks in send() for this connection.
         with st.cond:
             if st.writer is None and not st.released:

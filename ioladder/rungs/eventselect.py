@@ -69,6 +69,7 @@ from .base import (
     discard_input,
     linger_timeout,
     release_policy,
+    send_nonblocking,
     sweep_lingering,
 )
 
@@ -578,24 +579,11 @@ class EventSelectRung(Rung):
         return threading.get_ident() == g.ident or not g.alive
 
     def start_send(self, conn: Transport) -> None:
-        sock = conn._sock
-        while True:
-            chunk = conn._next_chunk()
-            try:
-                n = sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                conn._on_error(exc)
-                return
-            if not conn._on_sent(n):
-                return
-            if not n:
-                # A send failing with EWOULDBLOCK is FD_WRITE's re-enabling function.
-                ev: _Event = conn.rung_data
-                ev.armed |= FD_WRITE
-                ev.group.sync(ev)
-                return
+        if send_nonblocking(conn, until_eagain=True):
+            # A send failing with EWOULDBLOCK is FD_WRITE's re-enabling function.
+            ev: _Event = conn.rung_data
+            ev.armed |= FD_WRITE
+            ev.group.sync(ev)
 
     def set_reading(self, conn: Transport, on: bool) -> None:
         ev: _Event = conn.rung_data

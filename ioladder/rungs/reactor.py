@@ -35,6 +35,7 @@ from .base import (
     close_socket,
     discard_input,
     release_policy,
+    send_nonblocking,
     sweep_lingering,
 )
 
@@ -298,21 +299,8 @@ class ReactorRung(Rung):
             conn._on_eof()
 
     def start_send(self, conn: Transport) -> None:
-        sock = conn._sock
-        while True:
-            chunk = conn._next_chunk()
-            try:
-                n = sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                conn._on_error(exc)
-                return
-            if not conn._on_sent(n):
-                return
-            if n < len(chunk):
-                self._watch(conn, conn.rung_data, True)
-                return
+        if send_nonblocking(conn, until_eagain=False):
+            self._watch(conn, conn.rung_data, True)
 
     def set_reading(self, conn: Transport, on: bool) -> None:
         if conn.rung_data != on and not conn._released:
