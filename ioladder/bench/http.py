@@ -56,7 +56,6 @@ import shlex
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -823,14 +822,7 @@ SUMMARY_METRICS = ("rt_per_s", "mb_per_s", "p50_us", "p75_us", "p90_us", "p99_us
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in runs if r.get("status") == "ok"]
-    out: dict[str, Any] = {}
-    for m in SUMMARY_METRICS:
-        values = [r[m] for r in ok if isinstance(r.get(m), (int, float))]
-        if values:
-            out[m] = {"median": statistics.median(values), "min": min(values),
-                      "max": max(values), "n": len(values)}
-    return out
+    return runner.summarize(runs, SUMMARY_METRICS)
 
 
 def finish_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -654,10 +654,12 @@ SUMMARY_METRICS = ("rt_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "serve
                    "other_on_load_cpu")
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]],
+              metrics: tuple[str, ...] = SUMMARY_METRICS) -> dict[str, Any]:
+    """Median, min, max and count of each of ``metrics`` over the runs that succeeded."""
     ok = [r for r in runs if r.get("status") == "ok"]
     out: dict[str, Any] = {}
-    for m in SUMMARY_METRICS:
+    for m in metrics:
         values = [r[m] for r in ok if isinstance(r.get(m), (int, float))]
         if values:
             out[m] = {"median": statistics.median(values), "min": min(values),
