@@ -1,6 +1,7 @@
-"""Build the package's C extensions: the io_uring ring and the load generator's hot loop.
+"""Build the package's C extensions: the transport's hot path, the io_uring ring and the load
+generator's hot loop.
 
-Both are plain CPython extensions on raw syscalls (no liburing), compiled by the standard
+All are plain CPython extensions on raw syscalls (no liburing), compiled by the standard
 setuptools build so a fresh machine needs only gcc and the Python headers.
 """
 
@@ -10,6 +11,7 @@ CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wn
 
 setup(
     ext_modules=[
+        Extension("ioladder._transport", ["ioladder/_transport.c"], extra_compile_args=CFLAGS),
         Extension("ioladder.kernel._uring", ["ioladder/kernel/_uring.c"], extra_compile_args=CFLAGS),
         Extension("ioladder.bench._loadgen", ["ioladder/bench/_loadgen.c"], extra_compile_args=CFLAGS),
     ],

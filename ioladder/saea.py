@@ -333,8 +333,13 @@ class CompletionEngine:
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
-        #: completions in the batch being run (the rung picks its send strategy by it)
+        #: completions in the batch being run
         self.batch_size = 0
+        #: a transport whose ``_send_gate`` is this engine sends synchronously (in C) while
+        #: ``sync_send`` is true: while the batch being run has at most ``sync_send_batch``
+        #: completions (0: never).
+        self.sync_send = False
+        self.sync_send_batch = 0
         #: run on the engine thread after the loop ends, before the ring is closed
         self.on_stop: list[Callable[[], Any]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=daemon)
@@ -493,7 +498,8 @@ class CompletionEngine:
             else:
                 batch = wait(1)
             if batch:
-                self.batch_size = len(batch)
+                self.batch_size = n = len(batch)
+                self.sync_send = n <= self.sync_send_batch
                 it = iter(batch)
                 while True:
                     try:

@@ -43,6 +43,8 @@ import time
 from asyncio import trsock
 from typing import TYPE_CHECKING, Any
 
+from ._transport import COALESCE, TransportBase, _setup
+
 if TYPE_CHECKING:
     from .rungs.base import Rung
     from .server import ServerCore
@@ -53,8 +55,8 @@ _monotonic = time.monotonic
 #: asyncio's default write-buffer limits (``FlowControlMixin``).
 DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
-#: Small chunks are coalesced into one send of at most this many bytes.
-_COALESCE = 256 * 1024
+#: Small chunks are coalesced into one send of at most this many bytes (``_next_chunk``).
+_COALESCE = COALESCE
 
 
 class FileSpan:
@@ -83,7 +85,7 @@ class FileSpan:
         return f"<FileSpan fd={self.fd} offset={self.offset} count={self.count}>"
 
 
-class Transport(asyncio.Transport):
+class Transport(TransportBase):
     """``asyncio.Transport`` over a connected TCP socket, driven by a rung.
 
     Thread-safe in the sense of Rule 1: any public method may be called from any thread; calls
@@ -94,12 +96,12 @@ class Transport(asyncio.Transport):
     connection's server memory is mostly this object (the ``saea`` target is <= 1 KiB each).
     """
 
+    # The hot state (_protocol, _driver, _buffer, _buffer_size, _high, _low, last_activity,
+    # _ctx_tid and the _sending/_closing/... flags) lives in the C base's struct; these are
+    # the rest.
     __slots__ = (
-        "_sock", "_fd", "_protocol_factory", "_protocol", "_buffered", "_driver", "_core",
-        "_sockname", "_peername", "_buffer", "_buffer_size", "_sending", "_closing",
-        "_eof_requested", "_shut_wr", "_paused", "_held", "_eof_held", "_eof", "_released",
-        "_lost", "_exc", "_writes_after_loss", "_high", "_low", "_writing_paused",
-        "last_activity", "rung_data",
+        "_sock", "_protocol_factory", "_core", "_sockname", "_peername", "_held",
+        "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data",
     )
 
     def __init__(self, sock: socket.socket, protocol_factory: Any, driver: Rung,
@@ -139,6 +141,12 @@ class Transport(asyncio.Transport):
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_LOW_WATER
         self._writing_paused = False
+        #: the thread that is this connection's context, when it is one fixed thread (the
+        #: single-threaded rungs set it): write() then checks it without asking the driver.
+        self._ctx_tid = 0
+        #: the driver's send gate (see ioladder/_transport.c): None, or an object whose
+        #: ``sync_send`` says whether write() may try a synchronous send right now.
+        self._send_gate = None
         #: monotonic time of the last byte moved either way (idle timeout).
         self.last_activity = _monotonic()
         #: per-connection state owned by the rung's driver.
@@ -164,27 +172,15 @@ class Transport(asyncio.Transport):
         if not self._closing and not self._paused:
             self._driver.set_reading(self, True)
 
-    def _on_data(self, data: bytes | memoryview) -> None:
-        """The driver received ``data`` (never empty)."""
-        if self._closing or self._eof:
-            return
-        self.last_activity = _monotonic()
-        if self._paused:
-            # A completion rung may have had a receive in flight when reading was paused:
-            # hold its bytes until resume_reading() rather than break the pause contract.
-            if self._held is None:
-                self._held = []
-            self._held.append(bytes(data))
-            return
-        try:
-            if self._buffered:
-                self._feed_buffered(data)
-            else:
-                self._protocol.data_received(data)  # type: ignore[union-attr]
-        except BaseException as exc:
-            self._fatal_error(exc, "protocol.data_received() call failed")
-            if not isinstance(exc, Exception):
-                raise
+    # _on_data(data): in C (``TransportBase``): the driver received ``data`` (never empty).
+
+    def _hold(self, data: bytes | memoryview) -> None:
+        """Data that arrived while reading is paused: a completion rung may have had a receive
+        in flight when reading was paused; hold its bytes until resume_reading() rather than
+        break the pause contract."""
+        if self._held is None:
+            self._held = []
+        self._held.append(bytes(data))
 
     def _feed_buffered(self, data: bytes | memoryview) -> None:
         # asyncio's rule for BufferedProtocol: fill get_buffer() repeatedly until data is used up.
@@ -225,55 +221,12 @@ class Transport(asyncio.Transport):
         """A kernel operation failed fatally (reset, broken pipe, ...)."""
         self._fatal_error(exc, "fatal error on transport")
 
-    def _next_chunk(self) -> bytes | memoryview:
-        """The bytes the driver should send next (the buffer is not empty)."""
-        buf = self._buffer
-        if len(buf) > 1 and len(buf[0]) < _COALESCE and type(buf[0]) is not FileSpan:
-            # Coalesce small writes into one send: fewer syscalls or ring ops per byte.
-            size = len(buf[0])
-            k = 1
-            while k < len(buf) and size + len(buf[k]) <= _COALESCE \
-                    and type(buf[k]) is not FileSpan:
-                size += len(buf[k])
-                k += 1
-            if k > 1:
-                buf[:k] = [b"".join(buf[:k])]
-        return buf[0]
-
-    def _on_sent(self, n: int) -> bool:
-        """The driver sent the first ``n`` bytes of ``_next_chunk()``; True if more remains.
-
-        When it returns False the flush is over: the driver must not send again until the next
-        ``start_send``, which this call may already have triggered re-entrantly.
-        """
-        buf = self._buffer
-        if n:
-            self.last_activity = _monotonic()
-            chunk = buf[0]
-            if n >= len(chunk):
-                del buf[0]
-                if type(chunk) is FileSpan:
-                    chunk.close()
-            elif type(chunk) is FileSpan:
-                chunk.offset += n
-                chunk.count -= n
-            else:
-                buf[0] = memoryview(chunk)[n:]
-            self._buffer_size -= n
-        if self._writing_paused and self._buffer_size <= self._low:
-            self._resume_protocol()
-        if buf:
-            return True
-        self._sending = False
-        self._after_flush()
-        return False
-
-    def _after_flush(self) -> None:
-        if self._closing:
-            self._release(abort=False)
-        elif self._eof_requested and not self._shut_wr:
-            self._shut_wr = True
-            self._driver.shutdown_write(self)
+    # _next_chunk() and _on_sent(n): in C (``TransportBase``). _next_chunk returns what the
+    # driver should send next (small chunks coalesced); _on_sent(n) records that the driver
+    # sent the first n bytes of it and returns True if more remains. When it returns False the
+    # flush is over (and a close() waiting for it released the connection, or a write_eof()
+    # shut the write side down): the driver must not send again until the next
+    # start_send, which that call may already have triggered re-entrantly.
 
     def _on_released(self) -> None:
         """The driver closed the socket and no kernel op refers to it any more."""
@@ -392,33 +345,14 @@ class Transport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._buffer_size
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
-        if self._eof_requested:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if not data:
-            return
-        if not self._in_context():
-            self._driver.dispatch(self, self._write, bytes(data))
-            return
-        self._write(data)
+    # write(data) and _write(data) (write() in the connection's context): in C
+    # (``TransportBase``), which may send at once through the driver's ``_send_gate``. A
+    # write after the connection was lost lands here:
 
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._released:
-            self._writes_after_loss += 1
-            if self._writes_after_loss == 5:
-                log.warning("socket.send() raised exception: writes to a closed transport %r", self)
-            return
-        if type(data) is not bytes:
-            data = bytes(data)  # the caller may reuse its buffer; the kernel must see these bytes
-        self._buffer.append(data)
-        self._buffer_size += len(data)
-        if not self._sending:
-            self._sending = True
-            self._driver.start_send(self)
-        if self._buffer_size > self._high:
-            self._maybe_pause_protocol()
+    def _write_after_loss(self) -> None:
+        self._writes_after_loss += 1
+        if self._writes_after_loss == 5:
+            log.warning("socket.send() raised exception: writes to a closed transport %r", self)
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -510,3 +444,6 @@ class Transport(asyncio.Transport):
             self._protocol.resume_writing()  # type: ignore[union-attr]
         except Exception:
             log.exception("protocol.resume_writing() failed on %r", self)
+
+
+_setup(FileSpan)

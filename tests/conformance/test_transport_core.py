@@ -1,0 +1,89 @@
+"""The transport's C core (``ioladder/_transport.c``) keeps the Python contract on every rung.
+
+The hot methods (``write``, ``_on_data``, ``_next_chunk``, ``_on_sent``) and their state live in
+C; these cases pin what C could silently get wrong: the bytes of a mutable buffer are copied
+before ``write`` returns (also on the saea rung's synchronous send), the object is still an
+``asyncio.Transport`` and the garbage collector sees what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import threading
+import weakref
+
+from .support import recv_exactly
+
+
+class _MutatingEcho(asyncio.Protocol):
+    """Echo each message through a bytearray that is overwritten right after write()."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.scratch = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.scratch[:] = data
+        self.transport.write(self.scratch)  # type: ignore[attr-defined]
+        self.scratch[:] = b"X" * len(data)   # the peer must still get the original bytes
+
+
+def test_write_copies_a_mutable_buffer_before_returning(server, connect):
+    srv = server(_MutatingEcho)
+    sock = connect(srv.port)
+    for size in (1, 64, 4096, 300_000):
+        payload = bytes((i * 7 + size) % 251 for i in range(size))
+        sock.sendall(payload)
+        assert recv_exactly(sock, size) == payload
+
+
+class _Keeper(asyncio.Protocol):
+    transports: list[asyncio.BaseTransport]
+    lost: threading.Event
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transports.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set()
+
+
+def test_transport_is_an_asyncio_transport_and_collectable(server, connect):
+    transports: list[asyncio.BaseTransport] = []
+    lost = threading.Event()
+
+    class Keeper(_Keeper):
+        pass
+
+    Keeper.transports = transports
+    Keeper.lost = lost
+    srv = server(Keeper)
+    sock = connect(srv.port)
+    sock.sendall(b"ping")
+    assert recv_exactly(sock, 4) == b"ping"
+    (transport,) = transports
+    assert isinstance(transport, asyncio.Transport)
+    protocol = transport.get_protocol()
+    held = gc.get_referents(transport)
+    assert any(obj is protocol for obj in held), "the GC does not see the transport's protocol"
+    assert any(isinstance(obj, list) for obj in held), "the GC does not see the write buffer"
+    sock.shutdown(socket.SHUT_WR)
+    assert recv_exactly(sock, 0) == b""
+    assert lost.wait(5.0)
+    # The protocol keeps its transport: with the rung's references gone, both must be freed
+    # (a reference the C core leaked would keep them alive).
+    ref = weakref.ref(protocol)
+    transports.clear()
+    del transport, protocol, held
+    srv.shutdown(timeout=5.0)
+    for _ in range(3):
+        gc.collect()
+        if ref() is None:
+            break
+    assert ref() is None, "the transport/protocol cycle was not collected"
