@@ -39,6 +39,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from asyncio import trsock
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,26 @@ DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 #: Small chunks are coalesced into one send of at most this many bytes (``_next_chunk``).
 _COALESCE = COALESCE
+
+
+#: One tuple per distinct local address: every connection accepted on a listener has the same
+#: sockname, so they share it instead of holding ~140 B each (idle connections are counted
+#: by the thousand). Bounded: cleared if a server ever sees this many local addresses.
+_SOCKNAMES: dict[Any, Any] = {}
+_SOCKNAMES_MAX = 4096
+
+
+def _shared_sockname(addr: Any) -> Any:
+    if len(_SOCKNAMES) >= _SOCKNAMES_MAX:
+        _SOCKNAMES.clear()
+    return _SOCKNAMES.setdefault(addr, addr)
+
+
+def _interned_peer(addr: Any) -> Any:
+    """The peer's address with its host string interned: connections from one host share it."""
+    if type(addr) is tuple and addr and type(addr[0]) is str:
+        return (sys.intern(addr[0]), *addr[1:])
+    return addr
 
 
 class FileSpan:
@@ -117,11 +138,11 @@ class Transport(TransportBase):
         # Addresses are read now: after a reset getpeername() fails, and asyncio reports the
         # address the connection had.
         try:
-            self._sockname = sock.getsockname()
+            self._sockname = _shared_sockname(sock.getsockname())
         except OSError:
             self._sockname = None
         try:
-            self._peername = sock.getpeername()
+            self._peername = _interned_peer(sock.getpeername())
         except OSError:
             self._peername = None
         self._buffer: list[bytes | memoryview | FileSpan] = []

@@ -11,6 +11,7 @@ import asyncio
 
 
 class EchoProtocol(asyncio.Protocol):
+    __slots__ = ("transport",)  # one per connection: no per-instance dict
     transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
