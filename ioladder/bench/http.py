@@ -1573,7 +1573,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run servers and wrk at nice N (e.g. -10 on a shared machine)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each run, wait up to SECONDS for both CPUs to be idle "
-                        f"(under {QUIET:.0%} busy; a shared machine); default 0: do not wait")
+                        f"(under {QUIET * 100:.0f}%% busy; a shared machine); default 0: do not wait")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--list", action="store_true", help="list the servers and exit")
     p.add_argument("--docs", metavar="FILE",

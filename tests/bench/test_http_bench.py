@@ -512,3 +512,13 @@ def test_report_cli_renders_a_stored_http_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "html" / "report.html").exists()
     assert hb.DOCS_BEGIN in docs.read_text() and "make bench-http" in docs.read_text()
+
+
+@pytest.mark.parametrize("argv", [["bench", "--help"], ["bench", "--profile", "http", "--help"],
+                                  ["load", "--help"]])
+def test_every_bench_help_page_prints(argv: list[str]) -> None:
+    # argparse %-formats help strings: a stray '%' broke `--profile http --help` once.
+    proc = subprocess.run([sys.executable, "-m", "ioladder", *argv], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
