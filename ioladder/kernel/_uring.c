@@ -10,7 +10,8 @@
  *   msghdr/iovec).  All of it is released only when the op's FINAL completion is reaped (a CQE
  *   without IORING_CQE_F_MORE).  A bytearray with an export cannot be resized, so nothing the
  *   kernel points at is ever freed or moved.  Slots live in fixed 256-entry chunks that never
- *   move, so sqe->addr may point into a slot.
+ *   move, and side data in heap blocks a slot keeps until that final completion, so sqe->addr
+ *   may point into either.
  *
  * Rule 2 -- user_data is (generation << 32 | slot index).  It is also the op id handed to Python.
  *   A slot's generation is bumped when it is released, so a stale op id can never match (and so
@@ -340,17 +341,31 @@ typedef union {
 
 struct BufferRingObject;
 
+/* The side data of an op that has any: the exported buffer of a single-buffer op (send, recv,
+ * read, write) and the kernel-visible sockaddr/timespec of connect and (link) timeouts.  Kept
+ * out of the slot so that ops without it cost only a slot (see ul_slot).  Blocks are malloc'd,
+ * never move (sqe->addr may point at aux), are recycled through the ring's ext free list and
+ * freed only at teardown. */
+typedef struct ul_ext {
+    struct ul_ext *next_free; /* while on the ring's free list */
+    uint8_t has_buf;
+    Py_buffer buf;
+    ul_aux aux; /* kernel-visible: sockaddr for connect, timespec for timeouts */
+} ul_ext;
+
+/* One per op.  The long-lived ops -- a multishot recv per idle connection, multishot accept,
+ * poll_add -- hold no buffer and no aux, so those live in an ext block that only the ops needing
+ * one get: a server with 20,000 idle connections holds 20,000 slots.  sizeof(ul_slot) on x86-64:
+ * 152 bytes with the Py_buffer and ul_aux inline, 48 without. */
 typedef struct {
     PyObject *ctx;
     struct BufferRingObject *bufring;
     ul_msg *msg;
+    ul_ext *ext; /* NULL unless the op holds a buffer or aux */
     uint32_t gen;
     uint32_t next_free;
     uint8_t state;
-    uint8_t has_buf;
     uint8_t opcode;
-    Py_buffer buf;
-    ul_aux aux; /* kernel-visible: sockaddr for connect, timespec for timeouts */
 } ul_slot;
 
 typedef struct {
@@ -384,6 +399,8 @@ typedef struct RingObject {
     ul_slot **chunks;
     uint32_t nchunks, chunks_cap, hwm, free_head;
     Py_ssize_t inflight;
+    ul_ext *ext_free;      /* recycled ext blocks */
+    Py_ssize_t ext_blocks; /* ext blocks allocated (in use or on ext_free) */
     /* lifecycle */
     int closing, closed, teardown_pending, leaked;
     int busy;
@@ -789,15 +806,43 @@ static inline void slot_push_free(RingObject *r, uint32_t idx, ul_slot *s)
     r->free_head = idx;
 }
 
-/* Releases what a finished (RELEASING) slot holds.  Runs Python code (buffer release, DECREF),
- * so everything is detached from the slot first. */
-static void slot_release_resources(ul_slot *s)
+/* Pure C.  An ext block from the free list, else a new one; NULL (no Python error set) when
+ * memory runs out.  Blocks are never freed before teardown, so a steady state allocates none. */
+static ul_ext *ext_alloc(RingObject *r)
 {
-    int has = s->has_buf;
+    ul_ext *e = r->ext_free;
+    if (e) {
+        r->ext_free = e->next_free;
+        return e;
+    }
+    e = malloc(sizeof *e);
+    if (e)
+        r->ext_blocks++;
+    return e;
+}
+
+static inline void ext_push_free(RingObject *r, ul_ext *e)
+{
+    e->has_buf = 0;
+    e->next_free = r->ext_free;
+    r->ext_free = e;
+}
+
+/* Releases what a finished (RELEASING) slot holds.  Runs Python code (buffer release, DECREF),
+ * so everything is detached from the slot first; the ext block goes back to the free list
+ * before any of it runs (the kernel is done with its aux: this is the final completion). */
+static void slot_release_resources(RingObject *r, ul_slot *s)
+{
+    int has = 0;
     Py_buffer buf;
-    if (has)
-        buf = s->buf;
-    s->has_buf = 0;
+    ul_ext *e = s->ext;
+    s->ext = NULL;
+    if (e) {
+        has = e->has_buf;
+        if (has)
+            buf = e->buf;
+        ext_push_free(r, e);
+    }
     ul_msg *m = s->msg;
     s->msg = NULL;
     struct BufferRingObject *br = s->bufring;
@@ -822,7 +867,7 @@ static void slot_release_resources(ul_slot *s)
 static void slot_finish(RingObject *r, uint32_t idx)
 {
     ul_slot *s = slot_at(r, idx);
-    slot_release_resources(s);
+    slot_release_resources(r, s);
     slot_push_free(r, idx, s);
 }
 
@@ -1219,12 +1264,30 @@ static void ring_teardown(RingObject *r)
     r->closed = 1;
     r->closing = 1;
     if (!r->leaked) {
+        /* Every op has finished, so no slot should still hold an ext block; one that does goes
+         * with its chunk, exactly as the slot memory does. */
+        for (uint32_t i = 0; i < r->hwm; i++) {
+            ul_slot *s = slot_at(r, i);
+            if (s->ext) {
+                free(s->ext);
+                s->ext = NULL;
+                r->ext_blocks--;
+            }
+        }
         for (uint32_t c = 0; c < r->nchunks; c++)
             free(r->chunks[c]);
         free(r->chunks);
         r->chunks = NULL;
         r->nchunks = r->chunks_cap = r->hwm = 0;
         r->free_head = UL_NO_SLOT;
+    }
+    /* Free-listed blocks belong to finished ops even on a leaked ring; leaked slots keep theirs
+     * (the kernel may still read their aux). */
+    while (r->ext_free) {
+        ul_ext *e = r->ext_free;
+        r->ext_free = e->next_free;
+        free(e);
+        r->ext_blocks--;
     }
     if (r->sqe_map && r->sqe_map != MAP_FAILED)
         munmap(r->sqe_map, r->sqe_map_sz);
@@ -1381,7 +1444,7 @@ static int ring_close_impl(RingObject *r, int from_finalizer)
         for (uint32_t i = 0; i < r->hwm; i++) {
             ul_slot *s = slot_at(r, i);
             if (s->state == SLOT_PENDING) {
-                slot_release_resources(s);
+                slot_release_resources(r, s);
                 slot_push_free(r, i, s);
             }
         }
@@ -1652,8 +1715,8 @@ static int Ring_traverse(RingObject *r, visitproc visit, void *arg)
             continue;
         Py_VISIT(s->ctx);
         Py_VISIT((PyObject *)s->bufring);
-        if (s->has_buf)
-            Py_VISIT(s->buf.obj);
+        if (s->ext && s->ext->has_buf)
+            Py_VISIT(s->ext->buf.obj);
         if (s->msg)
             for (Py_ssize_t k = 0; k < s->msg->nbufs; k++)
                 Py_VISIT(s->msg->bufs[k].obj);
@@ -1695,8 +1758,9 @@ static void Ring_dealloc(RingObject *r)
 typedef struct {
     PyObject *ctx; /* borrowed */
     uint8_t sqe_flags;
-    uint8_t has_buf;
+    uint8_t has_buf, has_aux; /* either one makes op_commit give the slot an ext block */
     Py_buffer buf;
+    ul_aux aux;
     ul_msg *msg;
     BufferRingObject *bufring; /* borrowed */
 } ul_op;
@@ -1766,8 +1830,18 @@ static struct ul_sqe *op_commit(RingObject *r, ul_op *op, uint8_t opcode, ul_slo
         goto fail;
     }
     /* ---- critical section: pure C from here ---- */
+    ul_ext *e = NULL;
+    if (op->has_buf || op->has_aux) {
+        e = ext_alloc(r);
+        if (!e) {
+            PyErr_SetString(PyExc_MemoryError, "io_uring ring: cannot allocate an op's side data");
+            goto fail;
+        }
+    }
     uint32_t idx = slot_alloc(r);
     if (idx == UL_NO_SLOT) {
+        if (e)
+            ext_push_free(r, e);
         PyErr_SetString(PyExc_MemoryError, "io_uring ring: cannot allocate an op slot");
         goto fail;
     }
@@ -1776,9 +1850,14 @@ static struct ul_sqe *op_commit(RingObject *r, ul_op *op, uint8_t opcode, ul_slo
     s->ctx = op->ctx;
     s->state = SLOT_PENDING;
     s->opcode = opcode;
-    s->has_buf = op->has_buf;
-    if (op->has_buf)
-        s->buf = op->buf;
+    s->ext = e;
+    if (e) {
+        e->has_buf = op->has_buf;
+        if (op->has_buf)
+            e->buf = op->buf;
+        if (op->has_aux)
+            e->aux = op->aux;
+    }
     s->msg = op->msg;
     s->bufring = op->bufring;
     if (op->bufring) {
@@ -2003,17 +2082,16 @@ static PyObject *Ring_prep_connect(RingObject *r, PyObject *const *args, Py_ssiz
 {
     PREP_BEGIN(&sig_connect, 5)
     int fd;
-    ul_aux aux;
     uint32_t alen;
-    if (arg_fd(a[0], &fd) < 0 || parse_sockaddr(a[1], &aux, &alen) < 0)
+    if (arg_fd(a[0], &fd) < 0 || parse_sockaddr(a[1], &op.aux, &alen) < 0)
         goto fail;
+    op.has_aux = 1;
     op.ctx = a[2];
     PREP_LINK(3)
     {
         PREP_COMMIT(UL_OP_CONNECT)
-        s->aux = aux; /* the kernel reads the sockaddr from the slot */
         sqe->fd = fd;
-        sqe->addr = (uint64_t)(uintptr_t)&s->aux.sa;
+        sqe->addr = (uint64_t)(uintptr_t)&s->ext->aux.sa; /* the kernel reads it from there */
         sqe->off = alen;
         PREP_RETURN()
     }
@@ -2317,15 +2395,16 @@ static PyObject *Ring_prep_timeout(RingObject *r, PyObject *const *args, Py_ssiz
     long long count;
     if (arg_seconds(a[0], &ts) < 0)
         goto fail;
+    op.aux.ts = ts;
+    op.has_aux = 1;
     op.ctx = a[1];
     if (arg_long(a[2], 0, 0, UINT32_MAX, "count", &count) < 0)
         goto fail;
     PREP_LINK(3)
     {
         PREP_COMMIT(UL_OP_TIMEOUT)
-        s->aux.ts = ts;
         sqe->fd = -1;
-        sqe->addr = (uint64_t)(uintptr_t)&s->aux.ts;
+        sqe->addr = (uint64_t)(uintptr_t)&s->ext->aux.ts;
         sqe->len = 1;
         sqe->off = (uint64_t)count;
         PREP_RETURN()
@@ -2340,6 +2419,8 @@ static PyObject *Ring_prep_link_timeout(RingObject *r, PyObject *const *args, Py
     struct ul_ts ts;
     if (arg_seconds(a[0], &ts) < 0)
         goto fail;
+    op.aux.ts = ts;
+    op.has_aux = 1;
     op.ctx = a[1];
     PREP_LINK(2)
     if (!r->chain_open) {
@@ -2350,9 +2431,8 @@ static PyObject *Ring_prep_link_timeout(RingObject *r, PyObject *const *args, Py
     }
     {
         PREP_COMMIT(UL_OP_LINK_TIMEOUT)
-        s->aux.ts = ts;
         sqe->fd = -1;
-        sqe->addr = (uint64_t)(uintptr_t)&s->aux.ts;
+        sqe->addr = (uint64_t)(uintptr_t)&s->ext->aux.ts;
         sqe->len = 1;
         PREP_RETURN()
     }
@@ -2845,6 +2925,11 @@ static PyObject *Ring_get_pending(RingObject *r, void *c)
         return PyLong_FromLong(0);
     return PyLong_FromUnsignedLong(sq_unsubmitted(r));
 }
+static PyObject *Ring_get_ext_blocks(RingObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(r->ext_blocks);
+}
 static PyObject *Ring_get_single_issuer(RingObject *r, void *c)
 {
     (void)c;
@@ -2889,6 +2974,10 @@ static PyGetSetDef Ring_getset[] = {
     {"inflight", (getter)Ring_get_inflight, NULL,
      "ops prepared and not yet finally completed (their buffers are held)", NULL},
     {"pending", (getter)Ring_get_pending, NULL, "SQEs prepared but not yet submitted", NULL},
+    {"ext_blocks", (getter)Ring_get_ext_blocks, NULL,
+     "side-data blocks allocated for ops that hold a buffer or a sockaddr/timespec (in use or "
+     "kept for reuse; freed at close, except those of ops that never completed)",
+     NULL},
     {"single_issuer", (getter)Ring_get_single_issuer, NULL,
      "True if only the creating thread may use the ring", NULL},
     {"has_multishot_accept", (getter)Ring_get_has_multishot_accept, NULL,

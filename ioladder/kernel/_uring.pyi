@@ -207,6 +207,14 @@ class Ring:
     @property
     def pending(self) -> int: ...
     @property
+    def ext_blocks(self) -> int:
+        """Side-data blocks allocated so far for ops holding a buffer or a sockaddr/timespec.
+
+        In use plus kept for reuse (a steady state allocates none); ops without side data
+        (multishot recv/accept, poll, cancel, nop, ...) take none.  Freed at close, except those
+        of ops that never completed (kept pinned, like their buffers).
+        """
+    @property
     def single_issuer(self) -> bool: ...
     @property
     def has_multishot_accept(self) -> bool: ...
