@@ -101,6 +101,19 @@ class Receiver:
         return self._view[:n].tobytes()
 
 
+class _AlwaysSend:
+    """A transport send gate that is always open (see ``ioladder/_transport.c``): ``write()``
+    tries a non-blocking ``send()`` at once, in C, and hands the driver only what the socket
+    did not take. What a readiness loop would do first anyway, without a round through the
+    driver's Python code."""
+
+    __slots__ = ()
+    sync_send = True
+
+
+SEND_AT_ONCE: Final = _AlwaysSend()
+
+
 def send_nonblocking(conn: Transport, until_eagain: bool, flags: int = 0) -> bool:
     """Send the transport's buffer with non-blocking ``send()`` calls (the readiness rungs'
     write path). True: bytes remain and the caller must wait for write space its own way;

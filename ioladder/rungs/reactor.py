@@ -5,6 +5,10 @@ itself: the kernel only says *when* to try. Every connection's context is that t
 callbacks never overlap; calls from other threads are queued and the thread is woken through
 an ``eventfd``.
 
+Writes: ``write()`` sends at once (the transport's C core, through the always-open
+``SEND_AT_ONCE`` gate) and only what the socket did not take reaches ``start_send``, which
+sends what it can and watches for writability while bytes remain.
+
 A subclass supplies only the wait: how interest is registered (``_watch``) and how readiness is
 collected (``_wait``) — the rebuilt ``fd_set`` of ``select`` or the kernel-held interest set of
 ``epoll``. That difference is the rung.
@@ -29,6 +33,7 @@ from .base import (
     LINGER_DONE,
     LINGER_POLL,
     LINGER_RESET,
+    SEND_AT_ONCE,
     Lingering,
     Receiver,
     Rung,
@@ -261,6 +266,8 @@ class ReactorRung(Rung):
                                  f"(structural limit {self.structural_limit})")
                 continue
             self._conns.add(conn)
+            conn._ctx_tid = self._tid  # the context is this thread: write() checks it in C
+            conn._send_gate = SEND_AT_ONCE
             conn._start()
 
     def _pause_listener(self, lst: Listener, delay: float) -> None:
