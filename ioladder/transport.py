@@ -44,7 +44,7 @@ import time
 from asyncio import trsock
 from typing import TYPE_CHECKING, Any
 
-from ._transport import COALESCE, TransportBase, _setup
+from ._transport import TransportBase, _setup
 
 if TYPE_CHECKING:
     from .rungs.base import Rung
@@ -56,9 +56,6 @@ _monotonic = time.monotonic
 #: asyncio's default write-buffer limits (``FlowControlMixin``).
 DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
-#: Small chunks are coalesced into one send of at most this many bytes (``_next_chunk``).
-_COALESCE = COALESCE
-
 
 #: One tuple per distinct local address: every connection accepted on a listener has the same
 #: sockname, so they share it instead of holding ~140 B each (idle connections are counted

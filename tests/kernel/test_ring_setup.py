@@ -177,3 +177,34 @@ def test_ring_is_unusable_in_a_forked_child(make_ring):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [c[0] for c in ring.wait(1, timeout=5)] == ["parent"]
+
+
+def test_single_issuer_ring_refuses_a_thread_that_reuses_its_exited_owners_identity():
+    # glibc hands a new thread the exited owner's descriptor, so pthread_self() is often equal;
+    # ownership is the kernel tid (what SINGLE_ISSUER binds to): the prep itself is refused
+    # with a clear RuntimeError, before anything is queued for the kernel to reject.
+    holder: dict[str, object] = {}
+    owner = threading.Thread(target=lambda: holder.update(ring=uring.Ring(8),
+                                                          ident=threading.get_ident()))
+    owner.start()
+    owner.join(10)
+    ring = holder["ring"]
+    outcomes: list[str] = []
+    reused = []
+
+    def use() -> None:
+        reused.append(threading.get_ident() == holder["ident"])
+        try:
+            ring.prep_nop(None)  # type: ignore[attr-defined]
+            outcomes.append("prep accepted")
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+
+    for _ in range(5):
+        t = threading.Thread(target=use)
+        t.start()
+        t.join(10)
+    assert len(outcomes) == 5
+    assert all("single_issuer" in text for text in outcomes), (outcomes, reused)
+    assert ring.inflight == 0  # type: ignore[attr-defined]
+    # (the ring is dropped unclosed: its owner is gone; the finalizer releases it)
