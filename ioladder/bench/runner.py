@@ -224,6 +224,7 @@ class ServerSpec:
     structural_limit: int | None = None
     threads_per_connection: float = 0.0
     mechanism: str = ""
+    fds_per_connection: float = 1.0        # descriptors the server holds per idle connection
 
     def argv(self) -> list[str]:
         if self.kind == "rung":
@@ -254,7 +255,8 @@ def all_servers() -> list[ServerSpec]:
         if tpc is None:
             tpc = THREADS_PER_CONNECTION.get(name, 0.0)
         specs.append(ServerSpec(name, "rung", f"rung: {cls.mechanism}", why,
-                                cls.structural_limit, float(tpc), cls.mechanism))
+                                cls.structural_limit, float(tpc), cls.mechanism,
+                                float(getattr(cls, "fds_per_connection", 1))))
     for name in peers.names():
         peer = peers.PEERS[name]
         specs.append(ServerSpec(name, "peer", f"peer: {peer.description}", peers.reason(name)))
@@ -722,11 +724,22 @@ def finish_case(case_rec: dict[str, Any]) -> None:
         cell["near_ceiling"] = ceiling > 0 and rt >= CEILING_FRACTION * ceiling
 
 
-def cannot_reach(spec: ServerSpec, case: Case, threads: tuple[int, str]) -> str | None:
-    """Why ``spec`` cannot hold ``case``'s connections here, decided before running."""
+def cannot_reach(spec: ServerSpec, case: Case, threads: tuple[int, str],
+                 nofile: int | None = None) -> str | None:
+    """Why ``spec`` cannot hold ``case``'s connections here, decided before running.
+
+    ``nofile``: the server's RLIMIT_NOFILE; connection counts are already capped for servers
+    holding one descriptor per connection, a rung holding more (``fds_per_connection``) may
+    still not fit."""
     if spec.structural_limit is not None and case.connections > spec.structural_limit:
         return (f"cannot reach: {spec.name} holds at most {spec.structural_limit:,} connections "
                 f"by construction ({spec.mechanism})")
+    if nofile is not None and spec.fds_per_connection > 1:
+        need = int(case.connections * spec.fds_per_connection) + NOFILE_HEADROOM
+        if need > nofile:
+            return (f"cannot reach: {spec.name} holds {spec.fds_per_connection:g} descriptors "
+                    f"per connection (~{need:,} for {case.connections:,} connections), over "
+                    f"RLIMIT_NOFILE ({nofile:,})")
     if spec.threads_per_connection:
         need = int(case.connections * spec.threads_per_connection) + 16
         limit, what = threads
@@ -753,6 +766,7 @@ class Bench:
             advance: Callable[[], None] | None = None) -> dict[str, Any]:
         perf_reason = metrics.perf_unavailable_reason() if self.opts.perf else None
         threads = metrics.thread_limit()
+        nofile = metrics.raise_nofile()[0]  # what the servers (children) inherit
         runnable = [s for s in self.servers if s.reason is None]
         results: dict[str, Any] = {
             "schema": SCHEMA,
@@ -787,7 +801,7 @@ class Bench:
                 results["cases"].append(case_rec)
                 runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in runnable}
                 blocked = {s.name: why for s in runnable
-                           if (why := cannot_reach(s, case, threads)) is not None}
+                           if (why := cannot_reach(s, case, threads, nofile)) is not None}
                 live = [s for s in runnable if s.name not in blocked]
                 for rep in range(self.profile.repeat):
                     k = rep % len(live) if live else 0

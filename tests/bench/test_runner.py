@@ -221,6 +221,16 @@ def test_thread_per_connection_rung_past_the_thread_limit_cannot_reach() -> None
     assert runner.cannot_reach(spec, runner.Case(100, 64, 1), (5000, "x")) is None
 
 
+def test_rung_holding_two_descriptors_per_connection_past_nofile_cannot_reach() -> None:
+    spec = next(s for s in runner.all_servers() if s.name == "overlapped-event")
+    assert spec.fds_per_connection == 2  # the rung class says so; the bench reads it
+    why = runner.cannot_reach(spec, runner.Case(10000, 64, 1), (10**6, "x"), nofile=20000)
+    assert why is not None and "RLIMIT_NOFILE (20,000)" in why and "2 descriptors" in why
+    assert runner.cannot_reach(spec, runner.Case(1000, 64, 1), (10**6, "x"), nofile=20000) is None
+    one = next(s for s in runner.all_servers() if s.name == "epoll")
+    assert runner.cannot_reach(one, runner.Case(10000, 64, 1), (10**6, "x"), nofile=20000) is None
+
+
 def test_server_groups_resolve_in_ladder_order() -> None:
     specs = runner.all_servers()
     chosen, _ = runner.select_servers(specs, "floor,asyncio,epoll")
