@@ -97,6 +97,21 @@ static int call_void(PyObject *self, PyObject *name, PyObject *arg)
     return 0;
 }
 
+/* Call ``name`` on a field of the core (the driver, the protocol) holding a strong reference
+ * for the duration: the callee may replace the field (set_protocol) and drop the last
+ * reference to itself while it runs. A missing field raises instead of crashing. */
+static PyObject *call_field(PyObject *target, const char *what, PyObject *name, PyObject *arg)
+{
+    if (target == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "transport has no %s", what);
+        return NULL;
+    }
+    Py_INCREF(target);
+    PyObject *r = PyObject_CallMethodOneArg(target, name, arg);
+    Py_DECREF(target);
+    return r;
+}
+
 static int check_setup(void)
 {
     if (FileSpanType == NULL) {
@@ -155,7 +170,16 @@ static PyObject *T_write(PyObject *self, PyObject *data)
         Py_DECREF(copy);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethodObjArgs(c->driver, s_dispatch, self, bound, copy, NULL);
+    PyObject *driver = c->driver;
+    if (driver == NULL) {
+        Py_DECREF(bound);
+        Py_DECREF(copy);
+        PyErr_SetString(PyExc_RuntimeError, "transport has no driver");
+        return NULL;
+    }
+    Py_INCREF(driver);
+    PyObject *r = PyObject_CallMethodObjArgs(driver, s_dispatch, self, bound, copy, NULL);
+    Py_DECREF(driver);
     Py_DECREF(bound);
     Py_DECREF(copy);
     return r == NULL ? NULL : (Py_DECREF(r), Py_NewRef(Py_None));
@@ -196,8 +220,18 @@ static int try_send(PyObject *self, Core *c, PyObject **chunk, Py_ssize_t *n)
         PyObject *view = PyMemoryView_FromObject(*chunk);
         PyObject *rest = view ? PySequence_GetSlice(view, sent, *n) : NULL;
         Py_XDECREF(view);
-        if (rest == NULL)
-            return -1;
+        if (rest == NULL) {
+            /* Part of the bytes left: the rest must not be silently dropped. Fail the
+             * connection (a reset) rather than corrupt the stream. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            int rc = call_void(self, s_on_error, value);
+            Py_XDECREF(value);
+            return rc < 0 ? -1 : 0;
+        }
         Py_SETREF(*chunk, rest);
         *n -= sent;
     }
@@ -237,7 +271,7 @@ static PyObject *T_write_in(PyObject *self, PyObject *data)
     c->buffer_size += n;
     if (!c->sending) {
         c->sending = 1;
-        PyObject *r = PyObject_CallMethodOneArg(c->driver, s_start_send, self);
+        PyObject *r = call_field(c->driver, "driver", s_start_send, self);
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
@@ -264,7 +298,7 @@ static PyObject *T_on_data(PyObject *self, PyObject *data)
     if (c->buffered)
         r = PyObject_CallMethodOneArg(self, s_feed_buffered, data);
     else if (c->protocol != NULL)
-        r = PyObject_CallMethodOneArg(c->protocol, s_data_received, data);
+        r = call_field(c->protocol, "protocol", s_data_received, data);
     else
         r = PyObject_GetAttr(Py_None, s_data_received);  /* raises AttributeError, as Python would */
     if (r != NULL) {
@@ -453,7 +487,7 @@ static PyObject *T_on_sent(PyObject *self, PyObject *arg)
         Py_DECREF(r);
     } else if (c->eof_requested && !c->shut_wr) {
         c->shut_wr = 1;
-        PyObject *r = PyObject_CallMethodOneArg(c->driver, s_shutdown_write, self);
+        PyObject *r = call_field(c->driver, "driver", s_shutdown_write, self);
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
@@ -478,11 +512,11 @@ static int T_traverse(PyObject *self, visitproc visit, void *arg)
 static int T_clear(PyObject *self)
 {
     Core *c = CORE(self);
+    Py_CLEAR(c->buffer);  /* first: a finalizer it runs may still call write() */
     Py_CLEAR(*EXTRA(self));
     Py_CLEAR(c->protocol);
-    Py_CLEAR(c->driver);
-    Py_CLEAR(c->buffer);
     Py_CLEAR(c->send_gate);
+    Py_CLEAR(c->driver);
     return 0;
 }
 
@@ -540,6 +574,10 @@ static const Py_ssize_t member_field[] = {
     offsetof(Core, paused), offsetof(Core, eof), offsetof(Core, released),
     offsetof(Core, buffered), offsetof(Core, writing_paused),
 };
+
+_Static_assert(sizeof(member_field) / sizeof(member_field[0]) ==
+                   sizeof(T_members) / sizeof(T_members[0]) - 1,
+               "T_members and member_field must list the same fields in the same order");
 
 static PyType_Slot T_slots[] = {
     {Py_tp_doc, "The C core of ioladder.transport.Transport (see ioladder/_transport.c)."},

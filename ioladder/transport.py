@@ -251,6 +251,11 @@ class Transport(TransportBase):
         if self._lost:
             return
         self._lost = True
+        # Also when the driver ended without release() (a dead loop): later writes must hit
+        # _write_after_loss, never a synchronous send on a closed (maybe reused) descriptor.
+        self._released = True
+        self._send_gate = None
+        self._ctx_tid = 0
         self._drop_buffer()
         try:
             if self._protocol is not None:
@@ -353,6 +358,10 @@ class Transport(TransportBase):
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        # The limits are C integers in the transport's core: convert both first (asyncio
+        # accepts any number; inf means "never"), so a bad value changes neither.
+        high, low = (min(int(v), sys.maxsize) if v < float("inf") else sys.maxsize
+                     for v in (high, low))
         self._high, self._low = high, low
         if self._in_context():
             self._maybe_pause_protocol()

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import socket
 import threading
+import time
 import weakref
 
 from .support import recv_exactly
@@ -87,3 +88,26 @@ def test_transport_is_an_asyncio_transport_and_collectable(server, connect):
         if ref() is None:
             break
     assert ref() is None, "the transport/protocol cycle was not collected"
+
+
+class _BigReply(asyncio.Protocol):
+    """On the first byte, write one large reply in a single write() call."""
+
+    SIZE = 8 * 1024 * 1024
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(bytes(i % 253 for i in range(256)) * (self.SIZE // 256))  # type: ignore[attr-defined]
+
+
+def test_a_write_the_socket_takes_only_in_part_arrives_whole_and_in_order(server, connect):
+    # write() may send at once (the send gate): the socket takes a part, the rest must follow
+    # through the driver, in order, with nothing lost or repeated.
+    srv = server(_BigReply)
+    sock = connect(srv.port, rcvbuf=4096)
+    sock.sendall(b"go")
+    time.sleep(0.2)  # let the server's buffers fill while nothing is read
+    got = recv_exactly(sock, _BigReply.SIZE)
+    assert got == bytes(i % 253 for i in range(256)) * (_BigReply.SIZE // 256)
