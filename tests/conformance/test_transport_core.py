@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 
-from .support import recv_exactly
+from .support import recv_exactly, recv_until_end
 
 
 class _MutatingEcho(asyncio.Protocol):
@@ -111,3 +111,45 @@ def test_a_write_the_socket_takes_only_in_part_arrives_whole_and_in_order(server
     time.sleep(0.2)  # let the server's buffers fill while nothing is read
     got = recv_exactly(sock, _BigReply.SIZE)
     assert got == bytes(i % 253 for i in range(256)) * (_BigReply.SIZE // 256)
+
+
+class _Faulty(asyncio.Protocol):
+    """An application bug: data_received raises on b"boom", echoes anything else."""
+
+    lost: list[BaseException | None]
+    done: threading.Event
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"boom" in data:
+            raise ValueError("the application failed")
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+        self.done.set()
+
+
+def test_a_raising_data_received_aborts_that_connection_and_the_server_serves_on(
+        server, connect):
+    lost: list[BaseException | None] = []
+    done = threading.Event()
+
+    class Faulty(_Faulty):
+        pass
+
+    Faulty.lost, Faulty.done = lost, done
+    srv = server(Faulty)
+    bad = connect(srv.port)
+    bad.sendall(b"ok?")
+    assert recv_exactly(bad, 3) == b"ok?"
+    bad.sendall(b"boom")
+    data, _err = recv_until_end(bad)  # aborted: a reset (or, at worst, an EOF), never a hang
+    assert data == b""
+    assert done.wait(5.0)
+    assert len(lost) == 1 and isinstance(lost[0], ValueError), lost
+    good = connect(srv.port)
+    good.sendall(b"still here")
+    assert recv_exactly(good, 10) == b"still here"
