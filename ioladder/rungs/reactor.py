@@ -7,7 +7,7 @@ an ``eventfd``.
 
 Writes: ``write()`` sends at once (the transport's C core, through the always-open
 ``SEND_AT_ONCE`` gate) and only what the socket did not take reaches ``start_send``, which
-sends what it can and watches for writability while bytes remain.
+watches for writability; each writable event then sends what the socket takes.
 
 A subclass supplies only the wait: how interest is registered (``_watch``) and how readiness is
 collected (``_wait``) — the rebuilt ``fd_set`` of ``select`` or the kernel-held interest set of
@@ -205,7 +205,7 @@ class ReactorRung(Rung):
             else:
                 if writable and obj._sending:
                     self._watch(obj, obj.rung_data, False)
-                    self.start_send(obj)
+                    self._send(obj)
                 if readable and obj.rung_data and not obj._released:
                     self._read(obj)
         now = time.monotonic()
@@ -306,6 +306,14 @@ class ReactorRung(Rung):
             conn._on_eof()
 
     def start_send(self, conn: Transport) -> None:
+        if conn._send_gate is SEND_AT_ONCE:
+            # write() has just tried the send (SEND_AT_ONCE) and the socket took only part of
+            # it, or nothing: trying again now would fail too; wait until there is room.
+            self._watch(conn, conn.rung_data, True)
+        else:
+            self._send(conn)
+
+    def _send(self, conn: Transport) -> None:
         if send_nonblocking(conn, until_eagain=False):
             self._watch(conn, conn.rung_data, True)
 
