@@ -432,8 +432,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._send_off = 0
         self._send_len = n = self._buffered
         self._buffered = 0
+        # Quiet (the ring does not end its wait for this send's completion when the kernel
+        # finishes it while submitting) unless someone is waiting on it: a close or write_eof
+        # to finish, a sendfile, a paused protocol to resume, or a pause to come.
+        quiet = (self._wfast and not self._closing and not self._protocol_paused
+                 and n <= self._high_water)
         try:
-            self._send_id = self._prep_send(self._fd, data, self._on_sent_cb, _SEND_FLAGS)
+            self._send_id = self._prep_send(self._fd, data, self._on_sent_cb, _SEND_FLAGS,
+                                            quiet=quiet)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

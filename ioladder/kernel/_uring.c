@@ -366,6 +366,7 @@ typedef struct {
     uint32_t next_free;
     uint8_t state;
     uint8_t opcode;
+    uint8_t quiet; /* prep_send(quiet=True): see Ring_wait's rule on quiet completions */
 } ul_slot;
 
 typedef struct {
@@ -374,6 +375,7 @@ typedef struct {
     int32_t res;
     uint32_t flags;
     uint32_t final;
+    uint32_t quiet;
 } ul_done;
 
 typedef struct RingObject {
@@ -399,6 +401,8 @@ typedef struct RingObject {
     ul_slot **chunks;
     uint32_t nchunks, chunks_cap, hwm, free_head;
     Py_ssize_t inflight;
+    unsigned quiet_pending; /* quiet ops prepared since the last submission */
+    Py_ssize_t loud;        /* harvest(): non-quiet completions seen (Ring_wait counts them) */
     ul_ext *ext_free;      /* recycled ext blocks */
     Py_ssize_t ext_blocks; /* ext blocks allocated (in use or on ext_free) */
     /* lifecycle */
@@ -1108,6 +1112,9 @@ static int harvest(RingObject *r, ul_done *d, int room, int *woken)
         d[n].res = res;
         d[n].flags = fl;
         d[n].ctx = s->ctx;
+        d[n].quiet = s->quiet;
+        if (!s->quiet)
+            r->loud++;
         if (fl & IORING_CQE_F_MORE) {
             Py_INCREF(s->ctx);
             d[n].final = 0;
@@ -1867,6 +1874,7 @@ static struct ul_sqe *op_commit(RingObject *r, ul_op *op, uint8_t opcode, ul_slo
     s->ctx = op->ctx;
     s->state = SLOT_PENDING;
     s->opcode = opcode;
+    s->quiet = 0;
     s->ext = e;
     if (e) {
         e->has_buf = op->has_buf;
@@ -1924,8 +1932,9 @@ static ul_sig sig_recv_ms = {"prep_recv_multishot",
                              4, 3, NULL, 0};
 static ul_sig sig_send = {
     "prep_send",
-    (const char *const[]){"fd", "data", "ctx", "flags", "start", "nbytes", LINK_KW, NULL}, 4, 3,
-    NULL, 0};
+    (const char *const[]){"fd", "data", "ctx", "flags", "start", "nbytes", LINK_KW, "quiet",
+                          NULL},
+    4, 3, NULL, 0};
 static ul_sig sig_sendmsg = {"prep_sendmsg",
                              (const char *const[]){"fd", "buffers", "ctx", "flags", LINK_KW, NULL},
                              4, 3, NULL, 0};
@@ -2180,7 +2189,7 @@ static PyObject *Ring_prep_recv_multishot(RingObject *r, PyObject *const *args, 
 static PyObject *Ring_prep_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    PREP_BEGIN(&sig_send, 8)
+    PREP_BEGIN(&sig_send, 9)
     int fd;
     long long flags;
     uint64_t addr;
@@ -2190,11 +2199,22 @@ static PyObject *Ring_prep_send(RingObject *r, PyObject *const *args, Py_ssize_t
     op.ctx = a[2];
     if (arg_long(a[3], MSG_NOSIGNAL, INT32_MIN, UINT32_MAX, "flags", &flags) < 0)
         goto fail;
+    int quiet = arg_bool(a[8], 0);
+    if (quiet < 0)
+        goto fail;
+    if (quiet && !(flags & MSG_WAITALL)) {
+        /* A quiet send's completion may be handled late (see Ring_wait); only a send the kernel
+         * finishes by itself (MSG_WAITALL: all of it or an error) can wait. */
+        PyErr_SetString(PyExc_ValueError, "prep_send(quiet=True) needs MSG_WAITALL in flags");
+        goto fail;
+    }
     if (op_buffer(&op, a[1], 0, a[4], a[5], &addr, &len) < 0)
         goto fail;
     PREP_LINK(6)
     {
         PREP_COMMIT(UL_OP_SEND)
+        s->quiet = (uint8_t)quiet;
+        r->quiet_pending += (unsigned)quiet;
         sqe->fd = fd;
         sqe->addr = addr;
         sqe->len = len;
@@ -2550,9 +2570,19 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
         return NULL;
     busy_enter(r);
     int woken = 0, entered = 0, timed_out = 0;
+    /* Quiet completions (prep_send(quiet=True)) posted while we submit -- a send the kernel
+     * finished inline -- do not count toward min_complete: they come back with the next real
+     * completion instead of costing a pass of their own. Counted are: the backlog, every
+     * non-quiet completion, and every completion reaped after an enter that submitted nothing
+     * (so a quiet send that finishes later, say once the peer read, still ends the wait). */
+    Py_ssize_t counted = PyList_GET_SIZE(results);
+    int after_wait = 0;
     for (;;) {
+        Py_ssize_t before = PyList_GET_SIZE(results);
+        r->loud = 0;
         if (harvest_into(r, results, (Py_ssize_t)max_complete, &woken) < 0)
             goto error;
+        counted += after_wait ? PyList_GET_SIZE(results) - before : r->loud;
         if (r->closing)
             break;
         Py_ssize_t have = PyList_GET_SIZE(results);
@@ -2561,9 +2591,14 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
         unsigned pending = sq_unsubmitted(r);
         /* Satisfied: return -- after one enter if there is anything to submit or completion
          * work parked for us (DEFER/COOP_TASKRUN), so wait(0) is a true non-blocking poll. */
-        if (have >= min_complete && (entered || (pending == 0 && !taskrun_needed(r))))
+        if (counted >= min_complete && (entered || (pending == 0 && !taskrun_needed(r))))
             break;
-        unsigned need = have >= min_complete ? 0 : (unsigned)(min_complete - have);
+        unsigned need = counted >= min_complete ? 0 : (unsigned)(min_complete - counted);
+        if (need > 0 && pending > 0 && r->quiet_pending > 0)
+            need = 0; /* submit first, reap what finished inline, then wait for the rest */
+        if (pending > 0)
+            r->quiet_pending = 0;
+        after_wait = need > 0 && pending == 0;
         struct ul_ts ts;
         struct ul_getevents_arg arg;
         unsigned flags = IORING_ENTER_GETEVENTS;
@@ -2785,7 +2820,9 @@ static PyMethodDef Ring_methods[] = {
      "Ends (no CQE_F_MORE) on EOF, error or -ENOBUFS; re-arm then."},
     {"prep_send", (PyCFunction)(void (*)(void))Ring_prep_send, METH_FASTCALL | METH_KEYWORDS,
      "prep_send(fd, data, ctx, flags=MSG_NOSIGNAL, *, start=0, nbytes=-1, link=False, "
-     "hardlink=False) -> int\n\nres may be short: resubmit the rest (start=start+res)."},
+     "hardlink=False, quiet=False) -> int\n\nres may be short: resubmit the rest "
+     "(start=start+res). quiet=True (needs MSG_WAITALL): if the kernel finishes the send while "
+     "it is submitted, that completion does not end wait(); it comes back with the next one."},
     {"prep_sendmsg", (PyCFunction)(void (*)(void))Ring_prep_sendmsg,
      METH_FASTCALL | METH_KEYWORDS,
      "prep_sendmsg(fd, buffers, ctx, flags=MSG_NOSIGNAL, *, link=False, hardlink=False) -> int"

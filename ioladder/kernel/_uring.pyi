@@ -75,6 +75,7 @@ class Ring:
         nbytes: int = -1,
         link: bool = False,
         hardlink: bool = False,
+        quiet: bool = False,
     ) -> int: ...
     def prep_sendmsg(
         self,
