@@ -688,6 +688,5 @@ PyMODINIT_FUNC PyInit__transport(void)
         Py_DECREF(module);
         return NULL;
     }
-    PyModule_AddIntConstant(module, "COALESCE", COALESCE);
     return module;
 }

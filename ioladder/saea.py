@@ -333,8 +333,6 @@ class CompletionEngine:
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
-        #: completions in the batch being run
-        self.batch_size = 0
         #: a transport whose ``_send_gate`` is this engine sends synchronously (in C) while
         #: ``sync_send`` is true: while the batch being run has at most ``sync_send_batch``
         #: completions (0: never).
@@ -498,8 +496,7 @@ class CompletionEngine:
             else:
                 batch = wait(1)
             if batch:
-                self.batch_size = n = len(batch)
-                self.sync_send = n <= self.sync_send_batch
+                self.sync_send = len(batch) <= self.sync_send_batch
                 it = iter(batch)
                 while True:
                     try:

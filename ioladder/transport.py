@@ -115,8 +115,8 @@ class Transport(TransportBase):
     """
 
     # The hot state (_protocol, _driver, _buffer, _buffer_size, _high, _low, last_activity,
-    # _ctx_tid and the _sending/_closing/... flags) lives in the C base's struct; these are
-    # the rest.
+    # _fd, _ctx_tid, _send_gate and the _sending/_closing/... flags) lives in the C base's
+    # struct; these are the rest.
     __slots__ = (
         "_sock", "_protocol_factory", "_core", "_sockname", "_peername", "_held",
         "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data",
