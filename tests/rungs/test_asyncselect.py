@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -24,42 +23,13 @@ from ioladder.apps.echo import EchoProtocol
 from ioladder.kernel import signals as ksig
 from ioladder.rungs import asyncselect
 
+from .support import HOST, echo_many, wait_for
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(rungs.reason("asyncselect") is not None,
                        reason=f"asyncselect unavailable: {rungs.reason('asyncselect')}"),
 ]
-
-HOST = "127.0.0.1"
-
-
-def echo_round(port: int, payload: bytes) -> tuple[int, str]:
-    """Send ``payload`` while reading the echo, half-close, read to EOF: (length, sha256)."""
-    with socket.create_connection((HOST, port), timeout=30) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(payload),
-                                                  sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        digest = hashlib.sha256()
-        total = 0
-        while chunk := sock.recv(1 << 20):
-            digest.update(chunk)
-            total += len(chunk)
-        sender.join()
-    return total, digest.hexdigest()
-
-
-def echo_many(port: int, clients: int, size: int) -> list[bool]:
-    payloads = [os.urandom(size) for _ in range(clients)]
-    ok = [False] * clients
-
-    def run(i: int) -> None:
-        ok[i] = echo_round(port, payloads[i]) == (size, hashlib.sha256(payloads[i]).hexdigest())
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return ok
 
 
 def blocked_signals(tid: int) -> set[int]:
@@ -94,15 +64,6 @@ class Recorder(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.threads.add(threading.get_native_id())
         self.lost.set()
-
-
-def wait_for(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 @pytest.fixture

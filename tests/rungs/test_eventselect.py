@@ -5,7 +5,6 @@ rule, and the group thread as each connection's context."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import select
 import socket
@@ -20,50 +19,13 @@ from ioladder.apps.echo import EchoProtocol
 from ioladder.rungs import eventselect
 from ioladder.rungs.eventselect import FD_READ, SOCKETS_PER_GROUP
 
+from .support import HOST, echo_many, wait_for
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(rungs.reason("eventselect") is not None,
                        reason=f"eventselect unavailable: {rungs.reason('eventselect')}"),
 ]
-
-HOST = "127.0.0.1"
-
-
-def wait_for(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
-
-def echo_round(port: int, payload: bytes) -> tuple[int, str]:
-    with socket.create_connection((HOST, port), timeout=30) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(payload),
-                                                  sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        digest = hashlib.sha256()
-        total = 0
-        while chunk := sock.recv(1 << 20):
-            digest.update(chunk)
-            total += len(chunk)
-        sender.join()
-    return total, digest.hexdigest()
-
-
-def echo_many(port: int, clients: int, size: int) -> list[bool]:
-    payloads = [os.urandom(size) for _ in range(clients)]
-    ok = [False] * clients
-
-    def run(i: int) -> None:
-        ok[i] = echo_round(port, payloads[i]) == (size, hashlib.sha256(payloads[i]).hexdigest())
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return ok
 
 
 def group_threads() -> list[threading.Thread]:

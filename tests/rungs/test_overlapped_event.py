@@ -26,23 +26,15 @@ from ioladder.rungs.overlapped_event import (
     OPS_PER_THREAD,
 )
 
+from .support import HOST, echo, wait_for
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(rungs.reason("overlapped-event") is not None,
                        reason=f"overlapped-event unavailable: {rungs.reason('overlapped-event')}"),
 ]
 
-HOST = "127.0.0.1"
 MODEL = "overlapped-event"
-
-
-def wait_for(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 def eventfds() -> int:
@@ -66,16 +58,6 @@ def threads_for(connections: int, accept_events: int) -> int:
     first = (OPS_PER_THREAD - accept_events) // 2
     rest = max(0, connections - first)
     return 1 + -(-rest // CONNECTIONS_PER_THREAD)
-
-
-def echo(sock: socket.socket, payload: bytes) -> bytes:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(len(payload) - len(got))
-        assert chunk, "EOF before the echo"
-        got += chunk
-    return got
 
 
 # ------------------------------------------------------------------ the event per op

@@ -16,6 +16,8 @@ from ioladder import rungs
 from ioladder.apps.echo import EchoProtocol
 from ioladder.rungs.overlapped_routine import Overlapped, OverlappedRoutineRung
 
+from .support import HOST, recv_exactly, wait_for
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(rungs.reason("overlapped-routine") is not None,
@@ -23,27 +25,8 @@ pytestmark = [
                               f"{rungs.reason('overlapped-routine')}"),
 ]
 
-HOST = "127.0.0.1"
 MODEL = "overlapped-routine"
 ROUTINES = ("_accept_done", "_backoff_done", "_recv_done", "_send_done", "_linger_tick")
-
-
-def wait_for(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        chunk = sock.recv(n - len(got))
-        assert chunk, "EOF too early"
-        got += chunk
-    return got
 
 
 class Recorder(asyncio.Protocol):
