@@ -542,30 +542,17 @@ def all_http_servers() -> list[HttpServerSpec]:
     return specs
 
 
+#: ``--servers`` groups of the HTTP bench: the peers are nginx and the HTTP peers
+HTTP_GROUPS: dict[str, Callable[[Any], bool]] = {
+    "rungs": lambda s: s.kind == "rung",
+    "peers": lambda s: s.kind != "rung",
+}
+
+
 def select_http_servers(specs: list[HttpServerSpec], wanted: str | None
                         ) -> tuple[list[HttpServerSpec], list[str]]:
     """``--servers``: names and the groups rungs, peers (nginx and the HTTP peers), all."""
-    by_name = {s.name: s for s in specs}
-    chosen: list[HttpServerSpec] = []
-    for item in (w.strip() for w in (wanted or "all").split(",")):
-        if not item:
-            continue
-        if item == "all":
-            group = specs
-        elif item == "rungs":
-            group = [s for s in specs if s.kind == "rung"]
-        elif item == "peers":
-            group = [s for s in specs if s.kind != "rung"]
-        elif item in by_name:
-            group = [by_name[item]]
-        else:
-            raise SystemExit(f"ioladder bench --profile http: unknown server {item!r}; choose "
-                             f"from {', '.join(by_name)} (or rungs, peers, all)")
-        chosen.extend(s for s in group if s not in chosen)
-    order = {s.name: i for i, s in enumerate(specs)}
-    chosen.sort(key=lambda s: order[s.name])
-    notes = [f"{s.name} skipped: {s.reason}" for s in chosen if s.reason is not None]
-    return chosen, notes
+    return runner.select_servers(specs, wanted, HTTP_GROUPS, "ioladder bench --profile http")
 
 
 def start_server(spec: HttpServerSpec, cpu: int, nice: int = 0) -> Any:

@@ -273,31 +273,39 @@ def all_servers() -> list[ServerSpec]:
     return specs
 
 
-def select_servers(specs: list[ServerSpec], wanted: str | None) -> tuple[list[ServerSpec],
-                                                                        list[str]]:
-    """Resolve ``--servers`` (names and the groups rungs, peers, floor, all)."""
+#: ``--servers`` groups of the echo bench: a name selects the specs whose kind it keeps
+ECHO_GROUPS: dict[str, Callable[[Any], bool]] = {
+    "rungs": lambda s: s.kind == "rung",
+    "peers": lambda s: s.kind == "peer",
+    "floor": lambda s: s.kind == "floor",
+}
+
+
+def select_servers(specs: list[Any], wanted: str | None,
+                   groups: dict[str, Callable[[Any], bool]] | None = None,
+                   command: str = "ioladder bench") -> tuple[list[Any], list[str]]:
+    """Resolve ``--servers``: names, ``all`` and the ``groups`` (default: rungs, peers, floor).
+
+    The chosen specs keep the order of ``specs``; the notes say which are skipped and why.
+    """
+    groups = ECHO_GROUPS if groups is None else groups
     by_name = {s.name: s for s in specs}
-    if not wanted:
-        chosen = list(specs)
-    else:
-        chosen = []
-        for item in (w.strip() for w in wanted.split(",")):
-            if not item:
-                continue
-            if item == "all":
-                group = specs
-            elif item in ("rungs", "peers"):
-                group = [s for s in specs if s.kind == item[:-1]]
-            elif item == "floor":
-                group = [by_name[FLOOR]]
-            elif item in by_name:
-                group = [by_name[item]]
-            else:
-                raise SystemExit(f"ioladder bench: unknown server {item!r}; choose from "
-                                 f"{', '.join(by_name)} (or rungs, peers, floor, all)")
-            chosen.extend(s for s in group if s not in chosen)
-        order = {s.name: i for i, s in enumerate(specs)}
-        chosen.sort(key=lambda s: order[s.name])
+    chosen: list[Any] = []
+    for item in (w.strip() for w in (wanted or "all").split(",")):
+        if not item:
+            continue
+        if item == "all":
+            group = specs
+        elif item in groups:
+            group = [s for s in specs if groups[item](s)]
+        elif item in by_name:
+            group = [by_name[item]]
+        else:
+            raise SystemExit(f"{command}: unknown server {item!r}; choose from "
+                             f"{', '.join(by_name)} (or {', '.join(groups)}, all)")
+        chosen.extend(s for s in group if s not in chosen)
+    order = {s.name: i for i, s in enumerate(specs)}
+    chosen.sort(key=lambda s: order[s.name])
     notes = [f"{s.name} skipped: {s.reason}" for s in chosen if s.reason is not None]
     return chosen, notes
 
