@@ -746,31 +746,11 @@ def run_one(spec: HttpServerSpec, opts: HttpOptions, perf_reason: str | None = N
             rec["user_us_per_rt"] = rec["cpu_us_per_rt"] - rec["kernel_us_per_rt"]
         rec["rss_per_conn_b"] = ((rec["rss_held_kib"] - rec["rss_idle_kib"]) * 1024
                                  / max(1, res.connections))
-        busy, steal = core1.since(core0, opts.server_cpu)
-        lbusy, _ = core1.since(core0, opts.load_cpu)
-        if window > 0:
-            rec["other_on_server_cpu"] = max(0.0, busy / window - rec["server_cpu_util"])
-            rec["steal_server_cpu"] = steal / window
-            rec["load_cpu_busy"] = lbusy / window
-            rec["other_on_load_cpu"] = max(0.0, lbusy / window - (rec["client_cpu_util"] or 0))
-            if (rec["other_on_server_cpu"] > runner.INTERFERENCE
-                    or rec["steal_server_cpu"] > runner.INTERFERENCE):
-                rec["interference"] = (
-                    f"other work used {rec['other_on_server_cpu']:.0%} of server CPU "
-                    f"{opts.server_cpu}" + (f", steal {rec['steal_server_cpu']:.0%}"
-                                            if rec["steal_server_cpu"] > 0.01 else ""))
-            elif (opts.load_cpu != opts.server_cpu
-                  and rec["other_on_load_cpu"] > 2 * runner.INTERFERENCE):
-                rec["interference"] = (f"other work used {rec['other_on_load_cpu']:.0%} of "
-                                       f"wrk's CPU {opts.load_cpu}")
+        runner.note_interference(rec, core0, core1, window, opts.server_cpu, opts.load_cpu,
+                                 rec["client_cpu_util"], "wrk's")
         if perf is not None:
-            count, pwin, perr = perf.finish()
+            runner.note_syscalls(rec, perf, res.requests_per_s)
             perf = None
-            rec["syscalls"] = count
-            if count is not None and pwin > 0 and res.requests_per_s > 0:
-                rec["syscalls_per_rt"] = count / (res.requests_per_s * pwin)
-            else:
-                rec["syscalls_note"] = perr or "perf: empty window"
         else:
             rec["syscalls_note"] = perf_reason or "off (--perf counts them)"
         rec["status"], rec["reason"] = judge(res, opts.connections, rec["response_bytes"])

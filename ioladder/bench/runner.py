@@ -320,6 +320,42 @@ _READY = {
 _LIVE: set[subprocess.Popen[Any]] = set()
 
 
+def note_interference(rec: dict[str, Any], core0: metrics.CoreSample,
+                      core1: metrics.CoreSample, window: float, server_cpu: int, load_cpu: int,
+                      load_util: float | None, load_name: str) -> None:
+    """Record what else ran on the server's and the load's cores over the measured window.
+
+    ``rec["interference"]`` says so when other work (or steal) took more than INTERFERENCE of
+    the server's core, or twice that of the load's (ticks: +-1 % of a 1 s window).
+    """
+    if window <= 0:
+        return
+    busy, steal = core1.since(core0, server_cpu)
+    lbusy, _ = core1.since(core0, load_cpu)
+    rec["other_on_server_cpu"] = max(0.0, busy / window - (rec["server_cpu_util"] or 0))
+    rec["steal_server_cpu"] = steal / window
+    rec["load_cpu_busy"] = lbusy / window
+    rec["other_on_load_cpu"] = max(0.0, lbusy / window - (load_util or 0))
+    if rec["other_on_server_cpu"] > INTERFERENCE or rec["steal_server_cpu"] > INTERFERENCE:
+        rec["interference"] = (
+            f"other work used {rec['other_on_server_cpu']:.0%} of server CPU {server_cpu}"
+            + (f", steal {rec['steal_server_cpu']:.0%}" if rec["steal_server_cpu"] > 0.01
+               else ""))
+    elif load_cpu != server_cpu and rec["other_on_load_cpu"] > 2 * INTERFERENCE:
+        rec["interference"] = (f"other work used {rec['other_on_load_cpu']:.0%} of "
+                               f"{load_name} CPU {load_cpu}")
+
+
+def note_syscalls(rec: dict[str, Any], perf: Any, per_s: float) -> None:
+    """Stop the perf syscall count and record it, per round trip (or why there is none)."""
+    count, pwin, perr = perf.finish()
+    rec["syscalls"] = count
+    if count is not None and pwin > 0 and per_s > 0:
+        rec["syscalls_per_rt"] = count / (per_s * pwin)
+    else:
+        rec["syscalls_note"] = perr or "perf: empty window"
+
+
 def _reap(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
     """SIGTERM, wait, SIGKILL: the child is gone when this returns."""
     try:
@@ -581,22 +617,8 @@ def run_one(spec: ServerSpec, case: Case, profile: Profile, opts: Options,
         rec["server_cpu_s"] = cpu_s
         rec["server_cpu_util"] = cpu_s / window if window > 0 else None
         rec["cpu_source"] = source
-        busy, steal = core1.since(core0, opts.server_cpu)
-        lbusy, lsteal = core1.since(core0, opts.load_cpu)
-        if window > 0:
-            # what else ran on the server's core (ticks: +-1 % of a 1 s window)
-            rec["other_on_server_cpu"] = max(0.0, busy / window - rec["server_cpu_util"])
-            rec["steal_server_cpu"] = steal / window
-            rec["load_cpu_busy"] = lbusy / window
-            rec["other_on_load_cpu"] = max(0.0, lbusy / window - result.client_cpu_util)
-            if rec["other_on_server_cpu"] > INTERFERENCE or rec["steal_server_cpu"] > INTERFERENCE:
-                rec["interference"] = (
-                    f"other work used {rec['other_on_server_cpu']:.0%} of server CPU "
-                    f"{opts.server_cpu}" + (f", steal {rec['steal_server_cpu']:.0%}"
-                                            if rec["steal_server_cpu"] > 0.01 else ""))
-            elif opts.load_cpu != opts.server_cpu and rec["other_on_load_cpu"] > 2 * INTERFERENCE:
-                rec["interference"] = (f"other work used {rec['other_on_load_cpu']:.0%} of "
-                                       f"generator CPU {opts.load_cpu}")
+        note_interference(rec, core0, core1, window, opts.server_cpu, opts.load_cpu,
+                          result.client_cpu_util, "generator")
         done = result.rt_per_s * window
         rec["cpu_us_per_rt"] = cpu_s / done * 1e6 if done > 0 else None
         rec["cpu_s_per_100k"] = cpu_s / done * 1e5 if done > 0 else None
@@ -604,13 +626,8 @@ def run_one(spec: ServerSpec, case: Case, profile: Profile, opts: Options,
             rec["rss_per_conn_b"] = ((rec["rss_held_kib"] - rec["rss_idle_kib"]) * 1024
                                      / result.connections)
         if perf is not None:
-            count, pwin, perr = perf.finish()
+            note_syscalls(rec, perf, result.rt_per_s)
             perf = None
-            rec["syscalls"] = count
-            if count is not None and pwin > 0 and result.rt_per_s > 0:
-                rec["syscalls_per_rt"] = count / (result.rt_per_s * pwin)
-            else:
-                rec["syscalls_note"] = perr or "perf: empty window"
         else:
             rec["syscalls_note"] = ("off (--no-perf)" if not opts.perf
                                     else perf_reason or perf_skip)
