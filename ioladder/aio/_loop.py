@@ -288,7 +288,10 @@ class UringEventLoop(proactor_events.BaseProactorEventLoop):
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
         if self._debug or not _FAST_HANDLE:
-            return super().call_soon(callback, *args, context=context)
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]  # this override's frame: the caller's is last
+            return handle
         if self._closed:
             raise RuntimeError("Event loop is closed")
         # events.Handle(callback, args, self, context), its constructor inlined

@@ -13,11 +13,13 @@ Two kinds of tests are collected here:
 * whole test modules that create their loops through the policy (``asyncio.new_event_loop()``,
   ``asyncio.run()``, ``IsolatedAsyncioTestCase``): they run with :class:`ioladder.aio
   .EventLoopPolicy` installed around every test (``StreamTests``, ``TestSSL``, task groups,
-  timeouts, ``wait_for``, queues, locks, ``to_thread``, contexts). (``test_runners`` and
-  ``test_pep492`` are left out: they install their own mock loops.)
+  timeouts, ``wait_for``, queues, locks, ``to_thread``, contexts, runners, tasks, PEP 492,
+  ``HandleTests``, the Unix sendfile tests). Many of their tests build their own loops (mock
+  or ``TestLoop``); they run here too, and cost little.
 
 Tests that cannot pass on this loop are listed in ``KNOWN`` with their reason (and in
-docs/aio.md): none on the loop as shipped; the only skips are CPython's own (a selector-loop-only
+docs/aio.md): 8, all testing the selector loop's private sendfile path or the child-watcher
+API this loop does not use; the other skips are CPython's own (a selector-loop-only
 test, and a connect race CPython itself skips when the kernel reports the socket connected).
 Three tests fail with asyncio's own proactor transports on Linux (see ``_STDLIB_SHUTDOWN``).
 
@@ -50,8 +52,24 @@ pytestmark = pytest.mark.timeout(120)
 _TRANSPORTS = os.environ.get("IOLADDER_AIO_TRANSPORTS")
 LOOP_KWARGS = {"transports": _TRANSPORTS} if _TRANSPORTS else {}
 
+_SELECTOR_SENDFILE = (
+    "tests the selector loop's private os.sendfile() path: calls "
+    "_sock_sendfile_native_impl() or patches asyncio.unix_events.os; this loop's native "
+    "sendfile is an io_uring splice (tested by SendfileTestsBase and tests/aio)")
+_CHILD_WATCHER = (
+    "expects the loop to consult the policy's child watcher; this loop watches its children "
+    "itself (a pidfd polled by the ring, as uvloop does without watchers; watchers are "
+    "deprecated since Python 3.12)")
+
 #: test id ("Class.test_name") -> why it cannot pass on this loop (mirrored in docs/aio.md)
-KNOWN: dict[str, str] = {}
+KNOWN: dict[str, str] = {
+    **{f"Aio_unix_events_SelectorEventLoopUnixSockSendfileTests.test_sock_sendfile_{t}":
+       _SELECTOR_SENDFILE
+       for t in ("not_available", "blocking_error", "cancel1", "cancel2", "exception",
+                 "os_error_first_call", "os_error_next_call")},
+    "Aio_subprocess_GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher":
+        _CHILD_WATCHER,
+}
 
 _STDLIB_SHUTDOWN = (
     "asyncio's own proactor transport (used with IOLADDER_AIO_TRANSPORTS=proactor) calls "
@@ -168,6 +186,12 @@ _POLICY_MODULES = {
     "test_locks": None,
     "test_threads": None,
     "test_context": None,
+    "test_events": ("HandleTests",),
+    "test_subprocess": ("GenericWatcherTests",),
+    "test_unix_events": ("SelectorEventLoopUnixSockSendfileTests",),
+    "test_runners": None,
+    "test_pep492": None,
+    "test_tasks": None,
 }
 
 for _name, _classes in _POLICY_MODULES.items():
