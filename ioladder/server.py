@@ -51,6 +51,9 @@ class ServerCore:
         self._last_refusal_log = 0.0
         self._last_exhaustion_log = 0.0
         self._stopping = threading.Event()
+        #: monotonic time from which every lingering close gives up with a reset (see
+        #: ``rungs.base.linger_expired``): set when ``close_all`` turns to aborting.
+        self.linger_cutoff = math.inf
         self._reaper: threading.Thread | None = None
 
     # ------------------------------------------------------------------------- accepting
@@ -141,7 +144,11 @@ class ServerCore:
 
     # -------------------------------------------------------------------------- shutdown
     def close_all(self, timeout: float) -> bool:
-        """Close every connection gracefully; abort what has not finished by ``timeout``."""
+        """Close every connection gracefully; abort what has not finished by ``timeout``.
+
+        "Not finished" includes a released connection still in its lingering close (bytes
+        in the kernel that the peer has not acknowledged): ``abort()`` cannot reach it any
+        more, so the cutoff makes the rung end it with a reset at its next look."""
         with self._cond:
             conns = list(self.connections)
         for conn in conns:
@@ -152,6 +159,7 @@ class ServerCore:
             conns = list(self.connections)
         log.warning("shutdown: aborting %d connection(s) still draining after %.1f s",
                     len(conns), timeout)
+        self.linger_cutoff = time.monotonic()
         for conn in conns:
             conn.abort()
         return self.wait_empty(5.0)

@@ -184,22 +184,31 @@ def release_policy(conn: Transport, core: ServerCore, abort: bool,
     return False, bool(unsent_bytes(sock)) and may_linger
 
 
-def linger_step(sock: socket.socket, deadline: float, now: float) -> str | None:
+def linger_step(sock: socket.socket, deadline: float, now: float,
+                core: ServerCore | None = None) -> str | None:
     """One look at a lingering close: :data:`LINGER_DONE` once the peer has acknowledged
-    every byte, :data:`LINGER_RESET` once ``deadline`` has passed, else None (keep waiting)."""
+    every byte, :data:`LINGER_RESET` once ``deadline`` has passed or ``core``'s shutdown has
+    cut every lingering close short (:func:`linger_expired`), else None (keep waiting)."""
     if not unsent_bytes(sock):
         return LINGER_DONE
-    if now >= deadline:
+    if linger_expired(core, deadline, now):
         return LINGER_RESET
     return None
 
 
+def linger_expired(core: ServerCore | None, deadline: float, now: float) -> bool:
+    """True once a lingering close must give up: its own ``deadline`` has passed, or
+    ``Server.shutdown(timeout)`` has reached its timeout (``core.linger_cutoff``), which
+    aborts what is still lingering like what is still flushing."""
+    return now >= deadline or (core is not None and now >= core.linger_cutoff)
+
+
 def sweep_lingering(lingering: Iterable[Any], end: Callable[[Any, bool], None]) -> None:
-    """:func:`linger_step` for every record of ``lingering`` (each has ``.sock`` and
-    ``.deadline``), calling ``end(record, abort)`` for those whose lingering is over."""
+    """:func:`linger_step` for every record of ``lingering`` (each has ``.sock``, ``.deadline``
+    and ``.conn``), calling ``end(record, abort)`` for those whose lingering is over."""
     now = time.monotonic()
     for lg in list(lingering):
-        verdict = linger_step(lg.sock, lg.deadline, now)
+        verdict = linger_step(lg.sock, lg.deadline, now, lg.conn._core)
         if verdict is not None:
             end(lg, verdict == LINGER_RESET)
 

@@ -74,7 +74,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..transport import FileSpan, Transport
-from .base import LINGER_POLL, Rung, close_socket, linger_timeout, unsent_bytes
+from .base import (
+    LINGER_POLL,
+    Rung,
+    close_socket,
+    linger_expired,
+    linger_timeout,
+    unsent_bytes,
+)
 
 log = logging.getLogger("ioladder")
 
@@ -767,7 +774,7 @@ class SaeaRung(Rung):
                 continue  # ending already
             if not unsent_bytes(st.conn._sock):
                 self._end_linger(st, abort=False)
-            elif now >= st.linger:
+            elif linger_expired(self.core, st.linger, now):
                 self._end_linger(st, abort=True)
         if self._lingering:
             self._linger_timer = self._engine.call_later(LINGER_POLL, self._linger_tick)
