@@ -5,7 +5,7 @@
 guarantee of :mod:`ioladder.apps.http`: no path escapes the root, only regular files are
 served, bodies go out through the transport's zero-copy hook (``sendfile_nowait``) where the
 rung has one and in flow-controlled chunks otherwise, keep-alive and pipelining, and the same
-400/403/404/405/413/431 answers. There is no ``/`` hello or ``/echo`` route.
+400/403/404/405/408/413/431 answers. There is no ``/`` hello or ``/echo`` route.
 """
 
 from __future__ import annotations

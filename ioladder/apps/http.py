@@ -21,6 +21,10 @@ connection:
 * one header line over ``max_line`` bytes or the whole head over ``max_header_bytes``: ``431``,
   then close — exactly for every complete head, and also for a head that never ends (what the
   parser holds back meanwhile stays within about twice the limit plus one receive);
+* request head still incomplete ``header_timeout`` seconds (default 30) after its first byte:
+  ``408``, then close — the slowloris defence the server's ``idle_timeout`` cannot give, since
+  a head trickled a byte at a time moves a byte often enough. Checked as bytes arrive; a head
+  that stops arriving altogether is the ``idle_timeout``'s to end;
 * body over ``max_body`` (declared by ``Content-Length`` or counted while chunked): ``413``,
   then close;
 * a method the server does not implement, or one the route does not allow: ``405`` with
@@ -77,6 +81,8 @@ log = logging.getLogger("ioladder")
 DEFAULT_MAX_LINE = 8192
 #: bytes of a whole request head before 431.
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+#: seconds a request head may take to arrive, from its first byte, before 408.
+DEFAULT_HEADER_TIMEOUT = 30.0
 #: bytes of a request body before 413.
 DEFAULT_MAX_BODY = 1024 * 1024
 #: bytes read from a file per chunk when the transport has no zero-copy hook.
@@ -89,7 +95,7 @@ SERVER = b"ioladder"
 
 _REASONS = {
     100: b"Continue", 200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 413: b"Content Too Large", 414: b"URI Too Long",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
 }
 _STATUS = {code: b"%d %s" % (code, reason) for code, reason in _REASONS.items()}
@@ -108,6 +114,7 @@ _ALLOW_POST = b"POST"
 _K_HELLO, _K_ECHO, _K_FILE, _K_ERROR = 1, 2, 3, 4
 
 _time = time.time
+_monotonic = time.monotonic
 _date_second = -1
 _date_value = b""
 
@@ -230,9 +237,13 @@ class HttpConfig:
                  static_prefix: str | None = "/static/", routes: bool = True,
                  max_body: int = DEFAULT_MAX_BODY,
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                 max_line: int = DEFAULT_MAX_LINE, worker_pid: bool = False) -> None:
+                 max_line: int = DEFAULT_MAX_LINE,
+                 header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
+                 worker_pid: bool = False) -> None:
         if max_body < 0 or max_header_bytes < 256 or max_line < 64:
             raise ValueError("limits too small")
+        if header_timeout is not None and not header_timeout > 0:
+            raise ValueError("header_timeout must be > 0 or None")
         self.routes = routes
         self.static = StaticRoot(root) if root is not None else None
         self.static_prefix = (static_prefix.encode("ascii") if static_prefix is not None
@@ -240,6 +251,7 @@ class HttpConfig:
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
         self.max_line = max_line
+        self.header_timeout = header_timeout if header_timeout is not None else float("inf")
         #: extra header lines on every response (``X-Worker-Pid`` when several workers serve).
         self.extra = b"X-Worker-Pid: %d\r\n" % os.getpid() if worker_pid else b""
         #: the prebuilt ``/`` responses (see :meth:`hello`) and when they expire (``time()``)
@@ -292,7 +304,7 @@ class HttpProtocol(asyncio.Protocol):
         "cfg", "transport", "parser",
         # the request being parsed
         "url", "in_head", "head_vis", "head_raw", "last_body", "clen", "conn_hdr", "dirty",
-        "kind", "head_only", "status", "allow", "target", "body", "body_len",
+        "kind", "head_only", "status", "allow", "target", "body", "body_len", "head_start",
         # the connection
         "stopped", "busy", "queue", "file", "f_off", "f_left", "write_paused", "reading",
         "pumping",
@@ -317,6 +329,9 @@ class HttpProtocol(asyncio.Protocol):
         self.target = b""
         self.body: list[bytes] | None = None
         self.body_len = 0
+        #: when the request being read began (monotonic), for header_timeout: 0.0 none is in
+        #: progress, -1.0 one began in the current feed (timed only if that feed ends inside it)
+        self.head_start = 0.0
         self.stopped = False     # no more requests are read (closing, or an error answered)
         self.busy = False        # a file is streaming: later responses wait in ``queue``
         self.queue: collections.deque[Any] = collections.deque()
@@ -335,6 +350,8 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
+        if not self.head_start:
+            self.head_start = -1.0
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -364,6 +381,8 @@ class HttpProtocol(asyncio.Protocol):
                 self.head_raw = 0
             elif not self.stopped:
                 self._check_partial_head(data)
+            if self.head_start and not self.stopped:
+                self._check_head_time()
 
     def eof_received(self) -> bool:
         self.stopped = True
@@ -454,10 +473,12 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(cfg.hello_responses[0])
             self.url = b""
             self.head_raw = -1
+            self.head_start = 0.0
             return
         self._respond(keep)
         self.url = b""
         self.head_raw = -1
+        self.head_start = 0.0
         self.last_body = self.body_len
         self.in_head = True
         if self.dirty:
@@ -581,6 +602,17 @@ class HttpProtocol(asyncio.Protocol):
             self.head_raw += len(data)  # every byte of this feed belongs to the head
         if self.head_raw > self.cfg.max_header_bytes:
             self._fail(431)
+
+    def _check_head_time(self) -> None:
+        """The feed ended inside a request head: 408 once the head has taken longer than
+        ``header_timeout`` (the slowloris defence: a head trickled a byte at a time resets the
+        server's idle timeout with every byte). Checked as bytes arrive, so a head that stops
+        arriving altogether is left to the idle timeout."""
+        now = _monotonic()
+        if self.head_start < 0:
+            self.head_start = now
+        elif now - self.head_start > self.cfg.header_timeout:
+            self._fail(408)
 
     def _fail(self, status: int) -> None:
         """Answer ``status`` after every earlier response, then close."""

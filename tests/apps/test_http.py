@@ -651,3 +651,53 @@ def test_upgrade_request_answered_then_closed(server) -> None:
         assert r.status == 200 and r.body == HELLO_BODY
         assert r.headers["connection"] == "close"
         assert c.at_eof()
+
+
+@pytest.mark.parametrize("rung", rungs.names())
+def test_slowloris_head_gets_408_after_header_timeout(rung: str) -> None:
+    # A head trickled a line at a time: every piece resets the idle timeout, so only a bound
+    # on the whole head (header_timeout) ends it; another connection is unaffected.
+    if rungs.reason(rung) is not None:
+        pytest.skip(f"rung {rung} unavailable here: {rungs.reason(rung)}")
+    srv = serve(HttpConfig(header_timeout=0.4), "127.0.0.1", 0, model=rung, idle_timeout=5.0)
+    try:
+        with Client(srv.port) as slow, Client(srv.port) as fine:
+            start = time.monotonic()
+            for i in range(40):
+                try:
+                    slow.send(b"GET / HTTP/1.1\r\n" if i == 0 else b"X-%d: y\r\n" % i)
+                except OSError:
+                    break  # the server closed: its answer is queued for us
+                time.sleep(0.05)
+            slow.sock.settimeout(2.0)
+            answer = b""
+            try:
+                while chunk := slow.sock.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+            took = time.monotonic() - start
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+            assert b"Connection: close" in answer
+            assert 0.4 <= took < 1.5, took
+            assert fine.request(get("/")).body == HELLO_BODY
+    finally:
+        srv.shutdown(5.0)
+
+
+def test_header_timeout_spares_slow_but_complete_requests_and_idle_keep_alive() -> None:
+    cfg = HttpConfig(header_timeout=0.2)
+    proto = HttpProtocol(cfg)
+    tr = FakeTransport()
+    proto.connection_made(tr)
+    for _ in range(3):  # each head in two feeds, well within the timeout; idle in between
+        proto.data_received(b"GET / HTTP/1.1\r\nHo")
+        proto.data_received(b"st: t\r\n\r\n")
+        time.sleep(0.15)
+    assert tr.out.count(b"HTTP/1.1 200 OK") == 3 and not tr.closed
+    proto.data_received(b"GET / HTTP/1.1\r\n")  # a head begun, then too slow
+    time.sleep(0.25)
+    proto.data_received(b"Host: t\r\n")
+    assert tr.out.endswith(b"408 Request Timeout\n") and tr.closed
+    with pytest.raises(ValueError):
+        HttpConfig(header_timeout=0)
