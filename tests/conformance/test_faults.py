@@ -4,14 +4,28 @@ the server's limits, and leave no descriptor, thread or connection record behind
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
+import ioladder
+
 from .support import (
+    HOST,
     Collector,
+    EchoProbe,
     Probe,
+    fd_count,
     recv_until_end,
+    reset_close,
+    round_trip,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,13 +66,126 @@ def test_shutdown_timeout_bounds_a_peer_that_never_reads(server, connect, size):
     srv = server(collector)
     clients = [connect(srv.port, rcvbuf=4096) for _ in range(3)]  # and never read
     collector.wait_for(3)
-    time.sleep(0.2)  # let the writes fill every buffer they can
+    time.sleep(0.1)  # let the writes fill every buffer they can
     start = time.monotonic()
-    srv.shutdown(timeout=0.5)
+    srv.shutdown(timeout=0.3)
     took = time.monotonic() - start
-    assert took < 2.0, f"shutdown(timeout=0.5) took {took:.2f} s"
+    assert took < 1.5, f"shutdown(timeout=0.3) took {took:.2f} s"
     collector.assert_all_lost_once()
     for client in clients:
         data, error = recv_until_end(client)
         assert isinstance(error, ConnectionResetError), f"{len(data)} bytes then {error!r}"
         assert len(data) < size
+
+
+# ------------------------------------------------------------------------ resets in bursts
+
+def test_a_burst_of_resets_with_unread_data_and_before_accept_spares_a_served_client(
+        server, connect):
+    # Each offender connects, sends 64 KiB and resets before the server has read any of it,
+    # or resets straight after connecting, before the server has accepted: every one must end
+    # with one connection_lost, while an established client is served throughout.
+    collector = Collector(EchoProbe)
+    srv = server(collector)
+    good = connect(srv.port)
+    assert round_trip(good, b"first") == b"first"
+    for i in range(60):
+        sock = socket.create_connection((HOST, srv.port), timeout=5.0)
+        if i % 2 == 0:
+            sock.sendall(b"r" * 65536)
+        reset_close(sock)
+        if i % 10 == 0:
+            assert round_trip(good, b"still %d" % i) == b"still %d" % i
+    assert wait_until(lambda: srv.connections == 1, 10.0), f"{srv.connections} connections"
+    assert round_trip(good, b"last") == b"last"
+    (kept,) = [p for p in collector.protocols if p.peername == good.getsockname()]
+    others = [p for p in collector.protocols if p is not kept]
+    for p in others:
+        assert p.lost.wait(5.0)
+        assert p.lost_calls == 1
+    assert collector.violations() == []
+
+
+# ------------------------------------------------------------------------------ IPv6
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_loopback_echo_reset_and_graceful_close(rung):
+    collector = Collector(EchoProbe)
+    with ioladder.serve(collector, "::1", 0, model=rung) as srv:
+        with socket.create_connection(("::1", srv.port), timeout=10.0) as client:
+            payload = os.urandom(300_000)
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            data, error = recv_until_end(client)
+            assert error is None and data == payload
+        sock = socket.create_connection(("::1", srv.port), timeout=10.0)
+        sock.sendall(b"x" * 10_000)
+        reset_close(sock)
+        (first, second) = collector.wait_for(2)
+        assert first.peername[0] == "::1" and len(first.peername) == 4
+        collector.assert_all_lost_once()
+
+
+# ------------------------------------------------------------- a client process killed
+
+HOLDER = """
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    if i % 2:
+        s.sendall(b"u" * 4096)  # echoed back and never read: the kernel resets at exit
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+HELD = 200
+SOAK_HELD = 2000
+
+
+@pytest.mark.parametrize("held", [
+    HELD,
+    pytest.param(SOAK_HELD, marks=[
+        pytest.mark.slow, pytest.mark.timeout(300),
+        pytest.mark.skipif(not os.environ.get("IOLADDER_SOAK"), reason="set IOLADDER_SOAK=1")]),
+])
+def test_a_killed_client_process_leaves_no_fd_thread_or_connection_behind(rung, held):
+    fds, threads = fd_count(), set(threading.enumerate())
+    collector = Collector(EchoProbe)
+    srv = ioladder.serve(collector, HOST, 0, model=rung)
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(srv.port), str(held)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        assert wait_until(lambda: srv.connections == held, 20.0), srv.connections
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10.0)
+        assert wait_until(lambda: srv.connections == 0, 20.0), (
+            f"{srv.connections} connections still open after the client died")
+        collector.assert_all_lost_once()
+        with socket.create_connection((HOST, srv.port), timeout=5.0) as client:
+            assert round_trip(client, b"served on") == b"served on"
+        # Threads that grow with connections (blocking, eventselect, overlapped-event) go
+        # back down without a shutdown.
+        assert wait_until(lambda: srv.rung.thread_count() <= 40, 10.0), srv.rung.thread_count()
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
+        srv.shutdown(5.0)
+    assert wait_until(lambda: set(threading.enumerate()) <= threads, 5.0)
+    assert wait_until(lambda: fd_count() == fds, 5.0), f"{fd_count() - fds} fds left behind"
