@@ -41,9 +41,12 @@ class ServerCore:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.linger = linger
-        # SO_LINGER counts whole seconds: round up, or linger=0.5 would become 0, a reset.
-        self._linger_opt = (struct.pack("ii", 1, math.ceil(linger)) if linger is not None
-                            else None)
+        # linger=0: SO_LINGER {1, 0} on every connection, so any close is a reset. linger=N > 0
+        # is the rungs' own lingering close (rungs.base), which waits without blocking; a
+        # kernel SO_LINGER {1, N} would make close() itself block the calling thread — a
+        # rung's loop serving every other connection — for up to N seconds whenever bytes
+        # are still unacknowledged (a half-closed peer that reads slowly), whatever O_NONBLOCK.
+        self._linger_opt = struct.pack("ii", 1, 0) if linger == 0 else None
         self.connections: set[Transport] = set()
         self._cond = threading.Condition()
         self.accepted_total = 0
@@ -313,7 +316,8 @@ def serve(protocol_factory: ProtocolFactory, host: str | None = "127.0.0.1", por
     them) or ``"auto"``, which picks the best rung available here and logs the choice.
     ``linger`` mirrors .NET's ``LingerOption``: None keeps the kernel default (close returns
     at once, queued bytes still go out), 0 makes every close a reset, N > 0 makes close wait
-    up to N seconds for queued bytes.
+    up to N seconds for queued bytes (the rung's lingering close, which never blocks a
+    thread; after N seconds a reset).
 
     ``workers=N > 1`` serves from N supervised processes sharing the port (``SO_REUSEPORT``)
     and returns an :class:`ioladder.workers.WorkerPool` with the same interface;

@@ -189,3 +189,41 @@ def test_a_killed_client_process_leaves_no_fd_thread_or_connection_behind(rung, 
         srv.shutdown(5.0)
     assert wait_until(lambda: set(threading.enumerate()) <= threads, 5.0)
     assert wait_until(lambda: fd_count() == fds, 5.0), f"{fd_count() - fds} fds left behind"
+
+
+# ------------------------------------------------------------------------------ linger=N
+
+class BigReplyOnRequest(EchoProbe):
+    """Echoes, but answers ``BIG`` with 150 KB that fit the server's kernel buffer at once."""
+
+    def on_made(self) -> None:
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+
+    def on_data(self, data: bytes) -> None:
+        self.transport.write(b"b" * 150_000 if data == b"BIG" else data)
+
+
+def test_linger_seconds_never_blocks_the_rung_on_a_half_closed_slow_reader(server, connect):
+    # The slow peer asks for a reply it reads slowly, then half-closes: the server's close
+    # ends its lingering at that EOF with bytes still unacknowledged. A kernel SO_LINGER
+    # {1, N} would make that close() block the calling thread for up to N seconds — the
+    # thread that serves every other connection on the reactor and completion rungs.
+    collector = Collector(BigReplyOnRequest)
+    srv = server(collector, linger=3)
+    slow = connect(srv.port, rcvbuf=4096)
+    fast = connect(srv.port)
+    assert round_trip(fast, b"warm") == b"warm"
+    slow.sendall(b"BIG")
+    time.sleep(0.1)  # the reply sits in the kernel, mostly unacknowledged
+    slow.shutdown(socket.SHUT_WR)
+    worst = 0.0
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        start = time.monotonic()
+        assert round_trip(fast, b"p") == b"p"
+        worst = max(worst, time.monotonic() - start)
+        time.sleep(0.01)
+    assert worst < 0.5, f"a round trip took {worst:.2f} s while a close lingered"
+    data, error = recv_until_end(slow)  # every byte of the reply, then our FIN
+    assert error is None and len(data) == 150_000
