@@ -227,3 +227,47 @@ def test_linger_seconds_never_blocks_the_rung_on_a_half_closed_slow_reader(serve
     assert worst < 0.5, f"a round trip took {worst:.2f} s while a close lingered"
     data, error = recv_until_end(slow)  # every byte of the reply, then our FIN
     assert error is None and len(data) == 150_000
+
+
+# ----------------------------------------------------------------- max_connections churn
+
+def test_max_connections_holds_exactly_under_churn_at_the_limit(server, connect):
+    # Limit - 1 clients stay; the last slot is taken and dropped (FIN or reset) over and over,
+    # by two clients at a time. Every attempt is served or refused cleanly, never hangs; the
+    # server never holds more than the limit; the steady clients are served throughout.
+    limit = 4
+    collector = Collector(EchoProbe)
+    srv = server(collector, max_connections=limit)
+    steady = [connect(srv.port) for _ in range(limit - 1)]
+    for client in steady:
+        assert round_trip(client, b"in") == b"in"
+    peak = 0
+    served = refused = 0
+    for i in range(60):
+        assert wait_until(lambda: srv.connections == limit - 1, 5.0), srv.connections
+        # Two at once for the one free slot: the first is admitted, the second refused.
+        pair = [socket.create_connection((HOST, srv.port), timeout=5.0) for _ in range(2)]
+        for sock in pair:
+            try:
+                sock.sendall(b"x")
+                reply = sock.recv(1)
+            except ConnectionResetError:
+                reply = b""
+            if reply == b"x":
+                served += 1
+            else:
+                refused += 1
+            peak = max(peak, srv.connections)
+        for sock in pair:
+            if i % 2:
+                reset_close(sock)
+            else:
+                sock.close()
+        if i % 10 == 0:
+            assert round_trip(steady[i % len(steady)], b"ok") == b"ok"
+    assert peak <= limit
+    assert (served, refused) == (60, 60)
+    assert wait_until(lambda: srv.connections == limit - 1, 5.0), srv.connections
+    for client in steady:
+        assert round_trip(client, b"out") == b"out"
+    assert collector.violations() == []
