@@ -119,7 +119,7 @@ class Transport(TransportBase):
     # struct; these are the rest.
     __slots__ = (
         "_sock", "_protocol_factory", "_core", "_sockname", "_peername", "_held",
-        "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data",
+        "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data", "_linger_mark",
     )
 
     def __init__(self, sock: socket.socket, protocol_factory: Any, driver: Rung,
@@ -169,6 +169,9 @@ class Transport(TransportBase):
         self.last_activity = _monotonic()
         #: per-connection state owned by the rung's driver.
         self.rung_data: Any = None
+        #: (bytes unacknowledged, when that count last fell) during a lingering close
+        #: (``rungs.base.linger_expired``)
+        self._linger_mark: tuple[int, float] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._lost else "closing" if self._closing else "open"

@@ -17,8 +17,10 @@ Two helpers are shared here because several rungs need them and they must be wri
   with a reset too, and a reset throws away every byte the peer has not acknowledged yet (a
   slow reader can leave megabytes there). So a graceful release shuts the write side down,
   then keeps the descriptor open, reading and discarding, until the peer has acknowledged
-  everything (``unsent_bytes() == 0``), sent its own EOF, or ``linger_timeout()`` has passed
-  (then it resets); only then does it close and report ``_on_released``. The decisions are
+  everything (``unsent_bytes() == 0``), sent its own EOF, or it must give up and reset
+  (:func:`linger_expired`: ``linger=N`` seconds after the release; without ``linger``, once
+  the peer has acknowledged nothing for :data:`LINGER_TIMEOUT`, so a slow reader still gets
+  every byte); only then does it close and report ``_on_released``. The decisions are
   made once here (:func:`release_policy`, :func:`linger_step`, :func:`sweep_lingering`,
   :func:`discard_input`, :class:`Lingering`); each rung keeps only how it *waits* for them.
 """
@@ -147,7 +149,8 @@ def unsent_bytes(sock: socket.socket) -> int:
 
 def linger_timeout(core: ServerCore) -> float:
     """How long a graceful close may linger: the server's ``linger=N`` (N > 0), else
-    :data:`LINGER_TIMEOUT`."""
+    :data:`LINGER_TIMEOUT` — then counted from the peer's last acknowledgement, not from the
+    start (see :func:`linger_expired`)."""
     return core.linger if core.linger else LINGER_TIMEOUT
 
 
@@ -184,31 +187,48 @@ def release_policy(conn: Transport, core: ServerCore, abort: bool,
     return False, bool(unsent_bytes(sock)) and may_linger
 
 
-def linger_step(sock: socket.socket, deadline: float, now: float,
-                core: ServerCore | None = None) -> str | None:
-    """One look at a lingering close: :data:`LINGER_DONE` once the peer has acknowledged
-    every byte, :data:`LINGER_RESET` once ``deadline`` has passed or ``core``'s shutdown has
-    cut every lingering close short (:func:`linger_expired`), else None (keep waiting)."""
-    if not unsent_bytes(sock):
+def linger_step(conn: Transport, deadline: float, now: float) -> str | None:
+    """One look at the lingering close of ``conn``: :data:`LINGER_DONE` once the peer has
+    acknowledged every byte, :data:`LINGER_RESET` once it must give up
+    (:func:`linger_expired`), else None (keep waiting)."""
+    unsent = unsent_bytes(conn._sock)
+    if not unsent:
         return LINGER_DONE
-    if linger_expired(core, deadline, now):
+    if linger_expired(conn, deadline, now, unsent):
         return LINGER_RESET
     return None
 
 
-def linger_expired(core: ServerCore | None, deadline: float, now: float) -> bool:
-    """True once a lingering close must give up: its own ``deadline`` has passed, or
-    ``Server.shutdown(timeout)`` has reached its timeout (``core.linger_cutoff``), which
-    aborts what is still lingering like what is still flushing."""
-    return now >= deadline or (core is not None and now >= core.linger_cutoff)
+def linger_expired(conn: Transport, deadline: float, now: float, unsent: int) -> bool:
+    """True once a lingering close with ``unsent`` bytes unacknowledged must give up.
+
+    With the server's ``linger=N``: at ``deadline`` (``LingerOption``: close waits up to N
+    seconds). Without: once the peer has acknowledged nothing for :data:`LINGER_TIMEOUT` — a
+    peer still reading, however slowly, gets every byte (as the kernel would deliver them
+    after a plain close), one that stopped (a zero window, a dead host) is reset. Either way
+    when ``Server.shutdown(timeout)`` reaches its timeout (``core.linger_cutoff``), which
+    aborts what is still lingering like what is still flushing.
+    """
+    core = conn._core
+    if core is None:
+        return now >= deadline
+    if now >= core.linger_cutoff:
+        return True
+    if core.linger:
+        return now >= deadline
+    mark = conn._linger_mark
+    if mark is None or unsent < mark[0]:  # first look, or progress: the clock restarts
+        conn._linger_mark = (unsent, now)
+        return False
+    return now - mark[1] >= LINGER_TIMEOUT
 
 
 def sweep_lingering(lingering: Iterable[Any], end: Callable[[Any, bool], None]) -> None:
-    """:func:`linger_step` for every record of ``lingering`` (each has ``.sock``, ``.deadline``
-    and ``.conn``), calling ``end(record, abort)`` for those whose lingering is over."""
+    """:func:`linger_step` for every record of ``lingering`` (each has ``.conn`` and
+    ``.deadline``), calling ``end(record, abort)`` for those whose lingering is over."""
     now = time.monotonic()
     for lg in list(lingering):
-        verdict = linger_step(lg.sock, lg.deadline, now, lg.conn._core)
+        verdict = linger_step(lg.conn, lg.deadline, now)
         if verdict is not None:
             end(lg, verdict == LINGER_RESET)
 

@@ -262,7 +262,7 @@ class BlockingRung(Rung):
         sock = conn._sock
         deadline = time.monotonic() + linger_timeout(self.core)
         while not st.peer_gone:
-            verdict = linger_step(sock, deadline, time.monotonic(), self.core)
+            verdict = linger_step(conn, deadline, time.monotonic())
             if verdict == LINGER_DONE:
                 break
             if self._stopping or verdict is not None:

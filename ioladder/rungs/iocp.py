@@ -567,8 +567,7 @@ class IocpRung(Rung):
         st.timer_pending = False
         if not st.lingering or st.ending:
             self._maybe_finish(conn)
-        elif (verdict := linger_step(conn._sock, st.deadline, time.monotonic(),
-                                     self.core)) or err:
+        elif (verdict := linger_step(conn, st.deadline, time.monotonic())) or err:
             self._end(conn, abort=verdict != LINGER_DONE)   # a failed timer: give up too
         else:
             self._arm_linger_timer(conn)

@@ -76,9 +76,10 @@ from typing import Any
 from ..transport import FileSpan, Transport
 from .base import (
     LINGER_POLL,
+    LINGER_RESET,
     Rung,
     close_socket,
-    linger_expired,
+    linger_step,
     linger_timeout,
     unsent_bytes,
 )
@@ -772,10 +773,9 @@ class SaeaRung(Rung):
         for st in list(self._lingering):
             if st.cancelling:
                 continue  # ending already
-            if not unsent_bytes(st.conn._sock):
-                self._end_linger(st, abort=False)
-            elif linger_expired(self.core, st.linger, now):
-                self._end_linger(st, abort=True)
+            verdict = linger_step(st.conn, st.linger, now)
+            if verdict is not None:
+                self._end_linger(st, abort=verdict == LINGER_RESET)
         if self._lingering:
             self._linger_timer = self._engine.call_later(LINGER_POLL, self._linger_tick)
 

@@ -271,3 +271,59 @@ def test_max_connections_holds_exactly_under_churn_at_the_limit(server, connect)
     for client in steady:
         assert round_trip(client, b"out") == b"out"
     assert collector.violations() == []
+
+
+# ------------------------------------------------------------ a slow reader at close time
+
+class WriteAllThenClose(Probe):
+    """Writes ``size`` bytes into a large kernel buffer at once, then closes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def on_made(self) -> None:
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * 1024 * 1024)
+        self.transport.write(b"d" * self.size)
+        self.transport.close()
+
+
+def test_graceful_close_to_a_slow_but_reading_peer_outlasts_the_linger_time(
+        server, connect, monkeypatch):
+    # The bytes are in the kernel when close() releases the connection; the peer reads them
+    # slower than the lingering close's time allows. Without linger=N it must not give up
+    # (reset, losing what is unread) while the peer is still acknowledging bytes: only a
+    # peer that stops making progress for LINGER_TIMEOUT is reset.
+    monkeypatch.setattr(ioladder.rungs.base, "LINGER_TIMEOUT", 0.3)
+    size = 1_000_000
+    collector = Collector(lambda: WriteAllThenClose(size))
+    srv = server(collector)
+    client = connect(srv.port, rcvbuf=16384)
+    received = 0
+    start = time.monotonic()
+    while True:
+        data = client.recv(16384)  # a ConnectionResetError here is the failure
+        if not data:
+            break
+        received += len(data)
+        time.sleep(0.005)
+    assert received == size
+    assert time.monotonic() - start > 0.3  # it did outlast LINGER_TIMEOUT
+    collector.assert_all_lost_once()
+
+
+def test_graceful_close_to_a_peer_that_stops_reading_is_reset_after_linger_timeout(
+        server, connect, monkeypatch):
+    # The other half of the rule: no acknowledgement for LINGER_TIMEOUT ends the close with
+    # a reset, so a zero-window peer cannot hold the descriptor forever.
+    monkeypatch.setattr(ioladder.rungs.base, "LINGER_TIMEOUT", 0.3)
+    collector = Collector(lambda: WriteAllThenClose(1_000_000))
+    srv = server(collector)
+    client = connect(srv.port, rcvbuf=16384)  # and never read
+    (proto,) = collector.wait_for(1)
+    start = time.monotonic()
+    assert proto.lost.wait(5.0), "the close lingers on for a peer that reads nothing"
+    assert 0.25 < time.monotonic() - start < 2.0
+    data, error = recv_until_end(client)
+    assert isinstance(error, ConnectionResetError) and len(data) < 1_000_000
