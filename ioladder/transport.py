@@ -45,6 +45,7 @@ from asyncio import trsock
 from typing import TYPE_CHECKING, Any
 
 from ._transport import TransportBase, _setup
+from .rungs.base import unsent_bytes
 
 if TYPE_CHECKING:
     from .rungs.base import Rung
@@ -119,7 +120,7 @@ class Transport(TransportBase):
     # struct; these are the rest.
     __slots__ = (
         "_sock", "_protocol_factory", "_core", "_sockname", "_peername", "_held",
-        "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data", "_linger_mark",
+        "_eof_held", "_lost", "_exc", "_writes_after_loss", "rung_data", "_unacked_mark",
     )
 
     def __init__(self, sock: socket.socket, protocol_factory: Any, driver: Rung,
@@ -169,9 +170,10 @@ class Transport(TransportBase):
         self.last_activity = _monotonic()
         #: per-connection state owned by the rung's driver.
         self.rung_data: Any = None
-        #: (bytes unacknowledged, when that count last fell) during a lingering close
-        #: (``rungs.base.linger_expired``)
-        self._linger_mark: tuple[int, float] | None = None
+        #: (bytes in the kernel the peer has not acknowledged, when last looked at): how the
+        #: idle check and the lingering close (``rungs.base.linger_expired``) see a peer
+        #: still reading what the kernel holds while the transport itself is quiet.
+        self._unacked_mark: tuple[int, float] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._lost else "closing" if self._closing else "open"
@@ -302,6 +304,7 @@ class Transport(TransportBase):
         if self._released:
             return
         self._released = True
+        self._unacked_mark = None  # the lingering close keeps its own count from here
         self._driver.release(self, abort)
 
     def _in_context(self) -> bool:
@@ -452,10 +455,29 @@ class Transport(TransportBase):
         self._force_close(None)
 
     def _idle_check(self, timeout: float) -> None:
-        """Abort if no byte moved for ``timeout`` seconds (the slowloris defence)."""
-        if not self._released and _monotonic() - self.last_activity >= timeout:
-            log.info("closing idle connection %r after %.1f s without traffic", self, timeout)
-            self._force_close(TimeoutError(f"idle for {timeout:g} s"))
+        """Abort if no byte moved for ``timeout`` seconds (the slowloris defence).
+
+        Bytes the peer acknowledges from the kernel's send queue count as moving: after one
+        big write the transport may see nothing for longer than ``timeout`` while a slow
+        reader drains the kernel's buffer. The first idle look records the unacknowledged
+        count; later looks abort only if it has not fallen since (a stalled or zero-window
+        peer: at most one reaper period past ``timeout``)."""
+        if self._released:
+            return
+        now = _monotonic()
+        if now - self.last_activity < timeout:
+            return
+        unacked = unsent_bytes(self._sock)
+        if unacked:
+            mark = self._unacked_mark
+            fresh = mark is not None and mark[1] >= self.last_activity
+            if not fresh or unacked < mark[0]:  # type: ignore[index]
+                self._unacked_mark = (unacked, now)
+                if fresh:
+                    self.last_activity = now  # the peer acknowledged bytes: not idle
+                return
+        log.info("closing idle connection %r after %.1f s without traffic", self, timeout)
+        self._force_close(TimeoutError(f"idle for {timeout:g} s"))
 
     # ------------------------------------------------------------------------ flow control
 

@@ -216,9 +216,9 @@ def linger_expired(conn: Transport, deadline: float, now: float, unsent: int) ->
         return True
     if core.linger:
         return now >= deadline
-    mark = conn._linger_mark
+    mark = conn._unacked_mark
     if mark is None or unsent < mark[0]:  # first look, or progress: the clock restarts
-        conn._linger_mark = (unsent, now)
+        conn._unacked_mark = (unsent, now)
         return False
     return now - mark[1] >= LINGER_TIMEOUT
 

@@ -327,3 +327,38 @@ def test_graceful_close_to_a_peer_that_stops_reading_is_reset_after_linger_timeo
     assert 0.25 < time.monotonic() - start < 2.0
     data, error = recv_until_end(client)
     assert isinstance(error, ConnectionResetError) and len(data) < 1_000_000
+
+
+# ----------------------------------------------------------- idle_timeout and slow readers
+
+class WriteAllAndStay(WriteAllThenClose):
+    """Writes ``size`` bytes into a large kernel buffer at once and keeps the connection."""
+
+    def on_made(self) -> None:
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * 1024 * 1024)
+        self.transport.write(b"d" * self.size)
+
+
+def test_idle_timeout_spares_a_peer_still_reading_what_the_kernel_holds(server, connect):
+    # After one big write the transport sees no activity while the kernel delivers the bytes
+    # to a slow reader: that peer is not idle and must get everything; one that reads
+    # nothing at all is idle and is aborted.
+    size = 1_000_000
+    collector = Collector(lambda: WriteAllAndStay(size))
+    srv = server(collector, idle_timeout=0.3)
+    stalled = connect(srv.port, rcvbuf=16384)  # never reads
+    reader = connect(srv.port, rcvbuf=16384)
+    received = 0
+    start = time.monotonic()
+    while received < size:
+        data = reader.recv(16384)  # a ConnectionResetError here is the failure
+        assert data, f"EOF after {received} bytes"
+        received += len(data)
+        time.sleep(0.008)
+    assert time.monotonic() - start > 0.45  # it did outlast the idle timeout
+    data, error = recv_until_end(stalled)
+    assert isinstance(error, ConnectionResetError) and len(data) < size
+    by_peer = collector.by_peer()
+    assert isinstance(by_peer[stalled.getsockname()].lost_exc, TimeoutError)
+    assert not by_peer[reader.getsockname()].lost.is_set()
