@@ -157,12 +157,18 @@ class BlockingRung(Rung):
             return len(self._threads) + sum(t.is_alive() for t in self._acceptors)
 
     def _spawn(self, target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:
+        """Start a tracked thread; ``RuntimeError`` when none can be started (out of threads:
+        the model's own limit), and then nothing is tracked."""
         t = threading.Thread(target=self._tracked, args=(target, *args), name=name, daemon=True)
         with self._lock:
             self._threads.add(t)
         old = threading.stack_size(THREAD_STACK)
         try:
             t.start()
+        except BaseException:
+            with self._lock:
+                self._threads.discard(t)  # never started: stop() must not join it
+            raise
         finally:
             threading.stack_size(old)
         return t
@@ -326,8 +332,15 @@ class BlockingRung(Rung):
         st: _Conn = conn.rung_data
         # The kernel buffer is full: a writer thread blocks in send() for this connection.
         with st.cond:
-            if st.writer is None and not st.released:
+            if st.writer is not None or st.released:
+                return
+            try:
                 st.writer = self._spawn(self._writer, conn, name=f"ioladder-send-{conn._fd}")
+                return
+            except RuntimeError as exc:  # out of threads: this connection cannot wait for room
+                error = OSError(errno.EAGAIN, f"cannot start a writer thread: {exc}")
+        log.warning("blocking: aborting %r: %s", conn, error)
+        conn._on_error(error)
 
     def set_reading(self, conn: Transport, on: bool) -> None:
         st: _Conn = conn.rung_data
@@ -348,8 +361,14 @@ class BlockingRung(Rung):
                 # discarding; a watcher thread wakes it once the peer has acknowledged
                 # everything. Published under the lock that publishes the release, so the
                 # reader, which looks only after it has seen the release, joins it.
-                st.lingerer = self._spawn(self._linger, conn,
-                                          name=f"ioladder-linger-{conn._fd}")
+                try:
+                    st.lingerer = self._spawn(self._linger, conn,
+                                              name=f"ioladder-linger-{conn._fd}")
+                except RuntimeError as exc:
+                    # Out of threads: close gracefully at once, unguarded (the kernel still
+                    # sends what it holds; only a peer that keeps sending can now reset it).
+                    log.warning("blocking: no lingering close for %r: %s", conn, exc)
+                    linger = st.lingering = False
             st.cond.notify()
         if linger:
             return
