@@ -31,12 +31,17 @@ class ServerCore:
 
     def __init__(self, protocol_factory: ProtocolFactory, *, max_connections: int | None,
                  idle_timeout: float | None, linger: float | None) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError("max_connections must be >= 1 or None")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be > 0 or None")
-        if linger is not None and linger < 0:
-            raise ValueError("linger must be None, 0 or a positive number of seconds")
+        # Written so that NaN fails too: it compares false with everything, and accepted it
+        # would silently mean "no limit" (or a lingering close without a deadline).
+        if max_connections is not None and (
+                not isinstance(max_connections, int) or max_connections < 1):
+            raise ValueError(f"max_connections must be an integer >= 1 or None, "
+                             f"not {max_connections!r}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds or None, not {idle_timeout!r}")
+        if linger is not None and not linger >= 0:
+            raise ValueError(f"linger must be None, 0 or a positive number of seconds, "
+                             f"not {linger!r}")
         self.protocol_factory = protocol_factory
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout

@@ -362,3 +362,20 @@ def test_idle_timeout_spares_a_peer_still_reading_what_the_kernel_holds(server, 
     by_peer = collector.by_peer()
     assert isinstance(by_peer[stalled.getsockname()].lost_exc, TimeoutError)
     assert not by_peer[reader.getsockname()].lost.is_set()
+
+
+# ------------------------------------------------------------------------- bad options
+
+@pytest.mark.parametrize("option", [
+    {"max_connections": 0}, {"max_connections": float("nan")}, {"max_connections": 2.5},
+    {"idle_timeout": 0}, {"idle_timeout": float("nan")}, {"idle_timeout": -1},
+    {"linger": -1}, {"linger": float("nan")},
+], ids=lambda o: f"{next(iter(o))}={next(iter(o.values()))}")
+def test_nonsense_limits_are_refused_with_a_clear_error(option):
+    # NaN compares false with everything: accepted, it silently meant "no limit" (or a
+    # lingering close without a deadline). Refused before any socket or thread exists.
+    threads = set(threading.enumerate())
+    fds = fd_count()
+    with pytest.raises(ValueError, match=next(iter(option))):
+        ioladder.serve(EchoProbe, HOST, 0, model="epoll", **option)
+    assert fd_count() == fds and set(threading.enumerate()) == threads
