@@ -127,6 +127,9 @@
 #ifndef IORING_ENTER_EXT_ARG
 #define IORING_ENTER_EXT_ARG (1U << 3)
 #endif
+#ifndef IORING_ENTER_REGISTERED_RING
+#define IORING_ENTER_REGISTERED_RING (1U << 4)
+#endif
 
 #ifndef IOSQE_IO_LINK
 #define IOSQE_IO_LINK (1U << 2)
@@ -181,6 +184,12 @@
 #endif
 #ifndef IORING_UNREGISTER_PBUF_RING
 #define IORING_UNREGISTER_PBUF_RING 23
+#endif
+#ifndef IORING_REGISTER_RING_FDS
+#define IORING_REGISTER_RING_FDS 20
+#endif
+#ifndef IORING_UNREGISTER_RING_FDS
+#define IORING_UNREGISTER_RING_FDS 21
 #endif
 #ifndef IO_URING_OP_SUPPORTED
 #define IO_URING_OP_SUPPORTED (1U << 0)
@@ -298,6 +307,12 @@ struct ul_buf {
 };
 _Static_assert(sizeof(struct ul_buf) == 16, "io_uring_buf is 16 bytes");
 
+struct ul_rsrc_update { /* io_uring_rsrc_update (IORING_REGISTER_RING_FDS) */
+    uint32_t offset;
+    uint32_t resv;
+    uint64_t data;
+};
+
 struct ul_buf_reg {
     uint64_t ring_addr;
     uint32_t ring_entries;
@@ -411,6 +426,13 @@ typedef struct RingObject {
     unsigned fork_gen;
     int owner_only, kernel_single_issuer;
     pid_t owner; /* the creating thread's kernel tid (what SINGLE_ISSUER binds to) */
+    /* IORING_REGISTER_RING_FDS (5.18): the ring's index in the owner thread's registered-ring
+     * table, or -1.  The owner's io_uring_enter calls pass it with IORING_ENTER_REGISTERED_RING
+     * instead of the fd, which spares the kernel an fdget/fdput per call. */
+    int reg_index;
+    /* dispatch(): completions in the batch being (or last) delivered, and the send gate */
+    Py_ssize_t batch;
+    Py_ssize_t sync_send_batch;
     /* behaviour switches derived from the flags the kernel accepted */
     int taskrun_always, taskrun_flag;
     int wake_armed, wake_multishot;
@@ -503,6 +525,46 @@ static inline pid_t ul_gettid(void)
     if (!t)
         t = ul_tid_cache = (pid_t)syscall(SYS_gettid);
     return t;
+}
+
+/* io_uring_enter on r: through the registered ring index when the calling thread is the one
+ * that registered it (the registration lives in that thread's io_uring context), else the fd. */
+static inline int ring_enter(RingObject *r, unsigned to_submit, unsigned min_complete,
+                             unsigned flags, void *arg, size_t argsz)
+{
+    if (r->reg_index >= 0 && r->owner == ul_gettid())
+        return sys_enter(r->reg_index, to_submit, min_complete,
+                         flags | IORING_ENTER_REGISTERED_RING, arg, argsz);
+    return sys_enter(r->fd, to_submit, min_complete, flags, arg, argsz);
+}
+
+/* Register r's fd in the calling (owner) thread's registered-ring table; -1 if the kernel
+ * cannot (older than 5.18: EINVAL; the table's 16 entries are taken: EBUSY...). */
+static int ring_register_fd(RingObject *r)
+{
+    struct ul_rsrc_update up;
+    memset(&up, 0, sizeof up);
+    up.offset = 0xFFFFFFFFu; /* any free index */
+    up.data = (uint64_t)r->fd;
+    if (sys_register(r->fd, IORING_REGISTER_RING_FDS, &up, 1) != 1)
+        return -1;
+    return (int)up.offset;
+}
+
+/* Drop the registration: only the owner thread can (it is that thread's table). */
+static void ring_unregister_fd(RingObject *r)
+{
+    if (r->reg_index < 0)
+        return;
+    if (r->owner == ul_gettid() && r->fd >= 0) {
+        struct ul_rsrc_update up;
+        memset(&up, 0, sizeof up);
+        up.offset = (uint32_t)r->reg_index;
+        (void)sys_register(r->fd, IORING_UNREGISTER_RING_FDS, &up, 1);
+    }
+    /* Elsewhere the entry stays in the owner's table, holding the ring's file open, until the
+     * owner thread exits (the kernel drops the table then). */
+    r->reg_index = -1;
 }
 
 static void ul_atfork_child(void)
@@ -982,7 +1044,7 @@ static int flush_sq(RingObject *r, int hold_chain)
             return 0;
         }
         store_rel(r->sq_ktail, r->sq_tail);
-        int ret = sys_enter(r->fd, n, 0, 0, NULL, 0);
+        int ret = ring_enter(r, n, 0, 0, NULL, 0);
         if (ret >= 0) {
             if (!hold_chain || !r->chain_open)
                 if (load_acq(r->sq_khead) == r->sq_tail)
@@ -1079,7 +1141,7 @@ static int harvest(RingObject *r, ul_done *d, int room, int *woken)
                 r->overflow_events++;
                 int ret;
                 do
-                    ret = sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+                    ret = ring_enter(r, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
                 while (ret < 0 && errno == EINTR);
                 tail = load_acq(r->cq_ktail);
                 if (tail != head)
@@ -1320,6 +1382,7 @@ static void ring_teardown(RingObject *r)
     if (r->sq_map && r->sq_map != MAP_FAILED)
         munmap(r->sq_map, r->sq_map_sz);
     r->sqe_map = r->cq_map = r->sq_map = NULL;
+    ring_unregister_fd(r);
     if (r->fd >= 0)
         close(r->fd);
     r->fd = -1;
@@ -1355,7 +1418,7 @@ static void cancel_each(RingObject *r)
             continue;
         while (sq_unsubmitted(r) >= r->sq_entries) {
             store_rel(r->sq_ktail, r->sq_tail);
-            if (sys_enter(r->fd, sq_unsubmitted(r), 0, 0, NULL, 0) <= 0 && errno != EINTR)
+            if (ring_enter(r, sq_unsubmitted(r), 0, 0, NULL, 0) <= 0 && errno != EINTR)
                 return;
         }
         struct ul_sqe *sqe = sqe_next(r);
@@ -1390,7 +1453,7 @@ static void cancel_and_drain(RingObject *r)
         if (!cancel_sent) {
             if (sq_unsubmitted(r) >= r->sq_entries) {
                 store_rel(r->sq_ktail, r->sq_tail);
-                if (sys_enter(r->fd, sq_unsubmitted(r), 0, 0, NULL, 0) < 0 && errno != EINTR)
+                if (ring_enter(r, sq_unsubmitted(r), 0, 0, NULL, 0) < 0 && errno != EINTR)
                     break;
                 continue;
             }
@@ -1418,7 +1481,7 @@ static void cancel_and_drain(RingObject *r)
         store_rel(r->sq_ktail, r->sq_tail);
         int ret, err;
         Py_BEGIN_ALLOW_THREADS
-        ret = sys_enter(r->fd, to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
+        ret = ring_enter(r, to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
                         sizeof arg);
         err = errno;
         Py_END_ALLOW_THREADS
@@ -1443,7 +1506,7 @@ static void flood_wake(RingObject *r)
             posted++;
         }
         store_rel(r->sq_ktail, r->sq_tail);
-        if (sys_enter(r->fd, sq_unsubmitted(r), 0, 0, NULL, 0) < 0 && errno != EINTR)
+        if (ring_enter(r, sq_unsubmitted(r), 0, 0, NULL, 0) < 0 && errno != EINTR)
             return;
     }
 }
@@ -1665,12 +1728,13 @@ static int ring_setup(RingObject *r, unsigned entries, unsigned user_flags, unsi
 
 static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"entries", "flags", "cq_entries", "single_issuer", NULL};
+    static char *kwlist[] = {"entries", "flags", "cq_entries", "single_issuer", "register_fd",
+                             NULL};
     unsigned entries = 256, flags = 0, cq_entries = 0;
-    int single_issuer = 1;
+    int single_issuer = 1, register_fd = 1;
     long long e_ll = 256, f_ll = 0, c_ll = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|L$LLp:Ring", kwlist, &e_ll, &f_ll, &c_ll,
-                                     &single_issuer))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|L$LLpp:Ring", kwlist, &e_ll, &f_ll, &c_ll,
+                                     &single_issuer, &register_fd))
         return NULL;
     if (e_ll < 1 || e_ll > UL_MAX_ENTRIES) {
         PyErr_Format(PyExc_ValueError,
@@ -1707,6 +1771,7 @@ static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     r->fd = -1;
     r->efd = -1;
+    r->reg_index = -1;
     r->free_head = UL_NO_SLOT;
     r->owner = ul_gettid();
     r->fork_gen = ul_fork_gen;
@@ -1716,6 +1781,10 @@ static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(r);
         return NULL;
     }
+    /* Only a single-issuer ring: every enter then comes from the owner, the one thread whose
+     * table holds the registration. */
+    if (register_fd && r->owner_only)
+        r->reg_index = ring_register_fd(r);
     return (PyObject *)r;
 }
 
@@ -1973,12 +2042,16 @@ static ul_sig sig_wait = {"wait",
                           (const char *const[]){"min_complete", "timeout", "max_complete", NULL},
                           3, 0, NULL, 0};
 static ul_sig sig_reap = {"reap", (const char *const[]){"max_complete", NULL}, 1, 0, NULL, 0};
+static ul_sig sig_dispatch = {
+    "dispatch", (const char *const[]){"min_complete", "timeout", "method", "on_error", NULL}, 4, 0,
+    NULL, 0};
 
 static ul_sig *all_sigs[] = {
     &sig_nop,     &sig_accept,   &sig_connect,   &sig_recv,    &sig_recv_ms,
     &sig_send,    &sig_sendmsg,  &sig_read,      &sig_write,   &sig_poll,
     &sig_shutdown, &sig_close,   &sig_cancel,    &sig_cancel_fd, &sig_timeout,
-    &sig_link_timeout, &sig_splice, &sig_wait,   &sig_reap,    NULL,
+    &sig_link_timeout, &sig_splice, &sig_wait,   &sig_reap,    &sig_dispatch,
+    NULL,
 };
 
 #define PREP_BEGIN(sig, N)                                                                     \
@@ -2537,55 +2610,198 @@ static PyObject *Ring_submit(RingObject *r, PyObject *noargs)
     return PyLong_FromLong(total);
 }
 
-static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
-{
-    PyObject *a[3];
-    if (ring_check(r) < 0)
-        return NULL;
-    if (ul_parse(&sig_wait, args, nargs, kwnames, a) < 0)
-        return NULL;
-    long long min_complete, max_complete;
-    if (arg_long(a[0], 1, 0, INT32_MAX, "min_complete", &min_complete) < 0)
-        return NULL;
-    if (arg_long(a[2], 0, 0, PY_SSIZE_T_MAX, "max_complete", &max_complete) < 0)
-        return NULL;
-    int has_timeout = a[1] && a[1] != Py_None;
-    long long deadline = 0;
-    if (has_timeout) {
-        double t = PyFloat_AsDouble(a[1]);
-        if (t == -1.0 && PyErr_Occurred())
-            return NULL;
-        if (!(t >= 0.0) || t > 1e9) {
-            PyErr_SetString(PyExc_ValueError, "timeout must be None or a number >= 0");
-            return NULL;
-        }
-        deadline = now_ns() + (long long)(t * 1e9);
-    }
-    if (max_complete > 0 && min_complete > max_complete)
-        min_complete = max_complete;
+/* ---- dispatch: completions delivered by calling their ctx, no tuples ---------------------- */
 
-    PyObject *results = take_backlog(r, (Py_ssize_t)max_complete);
-    if (!results)
-        return NULL;
-    busy_enter(r);
+/* Where the completions of a wait loop go: appended to a list as (ctx, res, flags) tuples
+ * (wait()), or delivered at once by calling ctx.<method>(res, flags) / ctx(res, flags)
+ * (dispatch()). */
+typedef struct {
+    PyObject *list;   /* wait(): the result list; NULL for dispatch() */
+    PyObject *method; /* dispatch(): interned method name, or NULL to call ctx itself */
+    PyObject *on_error; /* dispatch(): on_error(exc, ctx) for an Exception, or NULL: stop */
+    Py_ssize_t have;  /* completions collected (wait) or delivered (dispatch) so far */
+} ul_sink;
+
+/* dispatch() frames active on this thread (a stack on the C stack), for the re-entry check. */
+typedef struct ul_dframe {
+    RingObject *r;
+    struct ul_dframe *prev;
+} ul_dframe;
+static _Thread_local ul_dframe *ul_tls_dispatch;
+
+/* wait()/reap()/dispatch() called from inside a dispatch() callback of the same ring, on the same
+ * thread: refused, because the outer call still holds reaped completions that must be delivered
+ * first (a nested reap would deliver later ones ahead of them). */
+static int check_not_dispatching(RingObject *r, const char *what)
+{
+    for (ul_dframe *f = ul_tls_dispatch; f; f = f->prev) {
+        if (f->r == r) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "%s() called from a dispatch() callback of the same ring: the "
+                         "completions already reaped would be delivered out of order (prepare "
+                         "ops or submit() from a callback; reap on the next pass)",
+                         what);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* One callback: ctx.<method>(res, flags), or ctx(res, flags) when method is NULL. */
+static inline int call_ctx(PyObject *ctx, PyObject *method, PyObject *res, PyObject *fl)
+{
+    PyObject *a[4] = {NULL, ctx, res, fl};
+    PyObject *ret;
+    if (method)
+        ret = PyObject_VectorcallMethod(method, a + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    else
+        ret = PyObject_Vectorcall(ctx, a + 2, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (!ret)
+        return -1;
+    Py_DECREF(ret);
+    return 0;
+}
+
+/* A callback raised.  With on_error and an Exception (not a bare BaseException such as
+ * KeyboardInterrupt or SystemExit): on_error(exc, ctx), and 0 to carry on; else -1, error set. */
+static int callback_failed(ul_sink *k, PyObject *ctx)
+{
+    if (!k->on_error || !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (!value)
+        return -1;
+    PyObject *ret = PyObject_CallFunctionObjArgs(k->on_error, value, ctx, NULL);
+    Py_DECREF(value);
+    if (!ret)
+        return -1;
+    Py_DECREF(ret);
+    return 0;
+}
+
+/* Completions that were reaped but not delivered because a callback raised: back to the front
+ * of the backlog, as tuples, for the next wait()/reap()/dispatch().  The error stays set. */
+static void stash_undelivered(RingObject *r, ul_done *d, int n)
+{
+    if (n <= 0)
+        return;
+    UL_EXC_SAVE;
+    PyObject *list = PyList_New(0);
+    if (!list || deliver(r, d, n, list) < 0) {
+        /* Out of memory: deliver() released what it could not keep; nothing else to do. */
+        if (!list)
+            discard(r, d, n);
+        PyErr_Clear();
+    }
+    UL_EXC_RESTORE;
+    if (list) {
+        restore_backlog(r, list);
+        Py_DECREF(list);
+    }
+}
+
+/* dispatch(): deliver the backlog left by an earlier call (tuples) first. */
+static int dispatch_backlog(RingObject *r, ul_sink *k)
+{
+    PyObject *bl = r->backlog;
+    if (!bl || PyList_GET_SIZE(bl) == 0)
+        return 0;
+    r->backlog = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(bl);
+    r->batch = n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(bl, i);
+        k->have++;
+        PyObject *ctx = PyTuple_GET_ITEM(t, 0);
+        if (call_ctx(ctx, k->method, PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 2)) < 0 &&
+            callback_failed(k, ctx) < 0) {
+            PyObject *rest = PyList_GetSlice(bl, i + 1, n);
+            if (rest) {
+                restore_backlog(r, rest);
+                Py_DECREF(rest);
+            }
+            Py_DECREF(bl);
+            return -1;
+        }
+    }
+    Py_DECREF(bl);
+    return 0;
+}
+
+/* dispatch(): reap everything available, chunk by chunk, calling each ctx in CQ order. */
+static int harvest_dispatch(RingObject *r, ul_sink *k, int *woken)
+{
+    for (;;) {
+        ul_done d[UL_REAP_CHUNK];
+        int n = harvest(r, d, UL_REAP_CHUNK, woken);
+        if (n == 0)
+            return 0;
+        /* The batch: what this call delivered so far, this chunk, and what is still in the CQ. */
+        r->batch = k->have + n + (Py_ssize_t)(load_acq(r->cq_ktail) - *r->cq_khead);
+        for (int i = 0; i < n; i++) {
+            PyObject *ctx = d[i].ctx;
+            d[i].ctx = NULL;
+            if (d[i].final)
+                slot_finish(r, d[i].idx); /* buffers released before the callback, as wait() */
+            int rc = -1;
+            PyObject *res = PyLong_FromLong(d[i].res);
+            PyObject *fl = res ? PyLong_FromUnsignedLong(d[i].flags) : NULL;
+            if (fl)
+                rc = call_ctx(ctx, k->method, res, fl);
+            Py_XDECREF(res);
+            Py_XDECREF(fl);
+            if (rc < 0)
+                rc = callback_failed(k, ctx);
+            Py_DECREF(ctx);
+            k->have++;
+            if (rc < 0) {
+                stash_undelivered(r, d + i + 1, n - i - 1);
+                return -1;
+            }
+        }
+        if (n < UL_REAP_CHUNK || r->closing)
+            return 0;
+    }
+}
+
+static inline int sink_reap(RingObject *r, ul_sink *k, Py_ssize_t max, int *woken)
+{
+    if (k->list) {
+        int rc = harvest_into(r, k->list, max, woken);
+        k->have = PyList_GET_SIZE(k->list);
+        return rc;
+    }
+    return harvest_dispatch(r, k, woken);
+}
+
+/* The loop of wait() and dispatch(): submit, block (GIL released) until min_complete, reap into
+ * the sink.  Caller is counted in busy; k->have holds what the backlog already gave. */
+static int wait_loop(RingObject *r, ul_sink *k, long long min_complete, long long max_complete,
+                     int has_timeout, long long deadline)
+{
     int woken = 0, entered = 0, timed_out = 0;
     /* Quiet completions (prep_send(quiet=True)) posted while we submit -- a send the kernel
      * finished inline -- do not count toward min_complete: they come back with the next real
      * completion instead of costing a pass of their own. Counted are: the backlog, every
      * non-quiet completion, and every completion reaped after an enter that submitted nothing
      * (so a quiet send that finishes later, say once the peer read, still ends the wait). */
-    Py_ssize_t counted = PyList_GET_SIZE(results);
+    Py_ssize_t counted = k->have;
     int after_wait = 0;
     for (;;) {
-        Py_ssize_t before = PyList_GET_SIZE(results);
+        Py_ssize_t before = k->have;
         r->loud = 0;
-        if (harvest_into(r, results, (Py_ssize_t)max_complete, &woken) < 0)
-            goto error;
-        counted += after_wait ? PyList_GET_SIZE(results) - before : r->loud;
+        if (sink_reap(r, k, (Py_ssize_t)max_complete, &woken) < 0)
+            return -1;
+        counted += after_wait ? k->have - before : r->loud;
         if (r->closing)
             break;
-        Py_ssize_t have = PyList_GET_SIZE(results);
+        Py_ssize_t have = k->have;
         if ((max_complete > 0 && have >= max_complete) || woken || timed_out)
             break;
         unsigned pending = sq_unsubmitted(r);
@@ -2623,13 +2839,13 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
         int ret, err;
         if (need > 0) {
             Py_BEGIN_ALLOW_THREADS
-            ret = sys_enter(r->fd, pending, need, flags,
-                            (flags & IORING_ENTER_EXT_ARG) ? &arg : NULL,
-                            (flags & IORING_ENTER_EXT_ARG) ? sizeof arg : 0);
+            ret = ring_enter(r, pending, need, flags,
+                             (flags & IORING_ENTER_EXT_ARG) ? &arg : NULL,
+                             (flags & IORING_ENTER_EXT_ARG) ? sizeof arg : 0);
             err = errno;
             Py_END_ALLOW_THREADS
         } else {
-            ret = sys_enter(r->fd, pending, 0, flags, NULL, 0);
+            ret = ring_enter(r, pending, 0, flags, NULL, 0);
             err = errno;
         }
         entered = 1;
@@ -2645,10 +2861,10 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
             continue; /* reap what arrived, then return */
         }
         if (err == EINTR) {
-            if (PyList_GET_SIZE(results) > 0)
+            if (k->have > 0)
                 timed_out = 1; /* return what we have; the handler runs right after */
             else if (PyErr_CheckSignals() < 0)
-                goto error;
+                return -1;
             continue;
         }
         if (err == EAGAIN || err == EBUSY) {
@@ -2660,22 +2876,109 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
             continue;
         }
         raise_enter_error(err);
-        goto error;
+        return -1;
+    }
+    return 0;
+}
+
+/* The arguments wait() and dispatch() share. */
+static int parse_wait_args(PyObject *min_o, PyObject *timeout_o, long long *min_complete,
+                           int *has_timeout, long long *deadline)
+{
+    if (arg_long(min_o, 1, 0, INT32_MAX, "min_complete", min_complete) < 0)
+        return -1;
+    *has_timeout = timeout_o && timeout_o != Py_None;
+    *deadline = 0;
+    if (*has_timeout) {
+        double t = PyFloat_AsDouble(timeout_o);
+        if (t == -1.0 && PyErr_Occurred())
+            return -1;
+        if (!(t >= 0.0) || t > 1e9) {
+            PyErr_SetString(PyExc_ValueError, "timeout must be None or a number >= 0");
+            return -1;
+        }
+        *deadline = now_ns() + (long long)(t * 1e9);
+    }
+    return 0;
+}
+
+static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (ring_check(r) < 0 || check_not_dispatching(r, "wait") < 0)
+        return NULL;
+    if (ul_parse(&sig_wait, args, nargs, kwnames, a) < 0)
+        return NULL;
+    long long min_complete, max_complete, deadline;
+    int has_timeout;
+    if (parse_wait_args(a[0], a[1], &min_complete, &has_timeout, &deadline) < 0)
+        return NULL;
+    if (arg_long(a[2], 0, 0, PY_SSIZE_T_MAX, "max_complete", &max_complete) < 0)
+        return NULL;
+    if (max_complete > 0 && min_complete > max_complete)
+        min_complete = max_complete;
+
+    PyObject *results = take_backlog(r, (Py_ssize_t)max_complete);
+    if (!results)
+        return NULL;
+    busy_enter(r);
+    ul_sink k = {results, NULL, NULL, PyList_GET_SIZE(results)};
+    if (wait_loop(r, &k, min_complete, max_complete, has_timeout, deadline) < 0) {
+        restore_backlog(r, results);
+        Py_DECREF(results);
+        busy_exit(r);
+        return NULL;
     }
     busy_exit(r);
     return results;
-error:
-    restore_backlog(r, results);
-    Py_DECREF(results);
+}
+
+static PyObject *Ring_dispatch(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *a[4];
+    if (ring_check(r) < 0 || check_not_dispatching(r, "dispatch") < 0)
+        return NULL;
+    if (ul_parse(&sig_dispatch, args, nargs, kwnames, a) < 0)
+        return NULL;
+    long long min_complete, deadline;
+    int has_timeout;
+    if (parse_wait_args(a[0], a[1], &min_complete, &has_timeout, &deadline) < 0)
+        return NULL;
+    PyObject *method = a[2] && a[2] != Py_None ? a[2] : NULL;
+    if (method && !PyUnicode_Check(method)) {
+        PyErr_SetString(PyExc_TypeError, "method must be None or a str");
+        return NULL;
+    }
+    PyObject *on_error = a[3] && a[3] != Py_None ? a[3] : NULL;
+    if (on_error && !PyCallable_Check(on_error)) {
+        PyErr_SetString(PyExc_TypeError, "on_error must be None or callable");
+        return NULL;
+    }
+    Py_XINCREF(method);
+    Py_XINCREF(on_error);
+    ul_sink k = {NULL, method, on_error, 0};
+    ul_dframe frame = {r, ul_tls_dispatch};
+    ul_tls_dispatch = &frame;
+    busy_enter(r);
+    int rc = dispatch_backlog(r, &k);
+    if (rc == 0)
+        rc = wait_loop(r, &k, min_complete, 0, has_timeout, deadline);
     busy_exit(r);
-    return NULL;
+    ul_tls_dispatch = frame.prev;
+    Py_XDECREF(method);
+    Py_XDECREF(on_error);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromSsize_t(k.have);
 }
 
 static PyObject *Ring_reap(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
     PyObject *a[1];
-    if (ring_check(r) < 0)
+    if (ring_check(r) < 0 || check_not_dispatching(r, "reap") < 0)
         return NULL;
     if (ul_parse(&sig_reap, args, nargs, kwnames, a) < 0)
         return NULL;
@@ -2693,7 +2996,7 @@ static PyObject *Ring_reap(RingObject *r, PyObject *const *args, Py_ssize_t narg
         store_rel(r->sq_ktail, r->sq_tail);
         int ret;
         do
-            ret = sys_enter(r->fd, pending, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+            ret = ring_enter(r, pending, 0, IORING_ENTER_GETEVENTS, NULL, 0);
         while (ret < 0 && errno == EINTR);
         if (ret < 0 && errno != EAGAIN && errno != EBUSY) {
             raise_enter_error(errno);
@@ -2871,6 +3174,21 @@ static PyMethodDef Ring_methods[] = {
     {"reap", (PyCFunction)(void (*)(void))Ring_reap, METH_FASTCALL | METH_KEYWORDS,
      "reap(max_complete=0) -> list[tuple[ctx, res, flags]]\n\nNever blocks: submits what is "
      "pending and runs deferred completion work only when needed, then returns what is there."},
+    {"dispatch", (PyCFunction)(void (*)(void))Ring_dispatch, METH_FASTCALL | METH_KEYWORDS,
+     "dispatch(min_complete=1, timeout=None, method=None, on_error=None) -> int\n\n"
+     "wait() without the list: submit what is pending, block (GIL released) until min_complete "
+     "completions, the timeout or wake(), and deliver every completion available by calling "
+     "ctx.<method>(res, flags) -- or ctx(res, flags) when method is None -- in completion "
+     "order, straight from C (no tuples). Returns how many were delivered. A completion's "
+     "buffers are released before its callback runs, as wait() releases them before "
+     "returning. A callback that raises an Exception is reported to on_error(exc, ctx) and "
+     "the delivery carries on. Without on_error, or for a BaseException that is not an "
+     "Exception (KeyboardInterrupt, SystemExit), or when on_error raises, the delivery stops: "
+     "the completions reaped but not yet delivered go back to the ring's backlog, which the "
+     "next wait()/reap()/dispatch() delivers first (without blocking), and the exception "
+     "propagates. Callbacks may prepare "
+     "ops, submit() and close() the ring; calling wait()/reap()/dispatch() on the same ring "
+     "from a callback raises RuntimeError. Sets the ring's batch (see Ring.batch)."},
     {"wake", (PyCFunction)Ring_wake, METH_NOARGS,
      "wake() -> None\n\nEnd one blocked wait() (possibly with an empty list). Any thread; wakes "
      "may coalesce."},
@@ -3005,7 +3323,58 @@ static PyObject *Ring_get_has_buffer_rings(RingObject *r, void *c)
     return PyBool_FromLong(r->ops[UL_OP_SOCKET]);
 }
 
+static PyObject *Ring_get_registered_fd(RingObject *r, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(r->reg_index >= 0);
+}
+static PyObject *Ring_get_batch(RingObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(r->batch);
+}
+static PyObject *Ring_get_sync_send(RingObject *r, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(r->batch > 0 && r->batch <= r->sync_send_batch);
+}
+static PyObject *Ring_get_sync_send_batch(RingObject *r, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(r->sync_send_batch);
+}
+static int Ring_set_sync_send_batch(RingObject *r, PyObject *v, void *c)
+{
+    (void)c;
+    if (!v) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete sync_send_batch");
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "sync_send_batch must be >= 0");
+        return -1;
+    }
+    r->sync_send_batch = n;
+    return 0;
+}
+
 static PyGetSetDef Ring_getset[] = {
+    {"registered_fd", (getter)Ring_get_registered_fd, NULL,
+     "True when io_uring_enter goes through a registered ring index (IORING_REGISTER_RING_FDS, "
+     "Linux 5.18; single-issuer rings created with register_fd=True, the default) instead of "
+     "the fd", NULL},
+    {"batch", (getter)Ring_get_batch, NULL,
+     "completions in the batch dispatch() is delivering (or delivered last): set before the "
+     "first callback of each reaped chunk to what that call delivered so far plus the chunk plus "
+     "what is still queued in the CQ; 0 before the first dispatch()", NULL},
+    {"sync_send", (getter)Ring_get_sync_send, NULL,
+     "0 < batch <= sync_send_batch: lets the ring be an ioladder Transport's send gate "
+     "(_send_gate), open while dispatch() runs small batches", NULL},
+    {"sync_send_batch", (getter)Ring_get_sync_send_batch, (setter)Ring_set_sync_send_batch,
+     "the largest batch for which sync_send is true (default 0: never)", NULL},
     {"fd", (getter)Ring_get_fd, NULL, "the ring's file descriptor (-1 once closed)", NULL},
     {"closed", (getter)Ring_get_closed, NULL, "True once close() has begun", NULL},
     {"sq_entries", (getter)Ring_get_sq_entries, NULL, "submission queue size", NULL},

@@ -1,6 +1,6 @@
 """Type stub for the io_uring C extension (see ioladder/kernel/uring.py for the design)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +20,15 @@ class Ring:
         flags: int = 0,
         cq_entries: int = 0,
         single_issuer: bool = True,
-    ) -> Self: ...
+        register_fd: bool = True,
+    ) -> Self:
+        """``register_fd``: a single-issuer ring registers its fd in the creating thread's
+        registered-ring table (``IORING_REGISTER_RING_FDS``, Linux 5.18) and enters the kernel
+        through that index (``IORING_ENTER_REGISTERED_RING``: no fdget per call). Older kernels,
+        a full table (16 per thread), ``single_issuer=False`` or ``register_fd=False`` use the
+        fd; :attr:`registered_fd` tells which. Close such a ring on its own thread: the
+        registration belongs to that thread, and a close elsewhere (a finalizer) leaves it
+        holding the ring's file until the thread exits."""
     # --- op preparation: each returns the op id (the kernel's user_data) ---
     def prep_nop(self, ctx: object, *, link: bool = False, hardlink: bool = False) -> int: ...
     def prep_accept(
@@ -170,6 +178,36 @@ class Ring:
         self, min_complete: int = 1, timeout: float | None = None, max_complete: int = 0
     ) -> list[Completion]: ...
     def reap(self, max_complete: int = 0) -> list[Completion]: ...
+    def dispatch(
+        self,
+        min_complete: int = 1,
+        timeout: float | None = None,
+        method: str | None = None,
+        on_error: Callable[[Exception, Any], object] | None = None,
+    ) -> int:
+        """``wait()`` without the list: submit, block (GIL released) until ``min_complete``
+        completions, the timeout or ``wake()``, then call ``ctx.<method>(res, flags)`` -- or
+        ``ctx(res, flags)`` when ``method`` is None -- for every completion available, in
+        completion order, from C. Returns how many it delivered.
+
+        A final completion's buffers are released before its callback runs (as ``wait()``
+        releases them before returning). A callback raising an ``Exception`` goes to
+        ``on_error(exc, ctx)`` and delivery carries on. Without ``on_error``, for a
+        ``BaseException`` that is not an ``Exception``, or when ``on_error`` raises, delivery
+        stops and the exception propagates; the completions reaped but not delivered go back to
+        the ring's backlog, which the next ``wait()``/``reap()``/``dispatch()`` delivers first
+        and counts toward ``min_complete`` (so it does not block). Nothing is lost or delivered
+        twice.
+
+        Callbacks may prepare ops, ``submit()`` and ``close()`` the ring; ``wait()``, ``reap()``
+        or ``dispatch()`` on the same ring from a callback raises ``RuntimeError`` (completions
+        already reaped would be delivered out of order). Each reaped chunk sets :attr:`batch`
+        before its first callback.
+
+        Generic on purpose: the ``saea`` engine calls ``dispatch(1, None, "_complete",
+        on_error)``; an event loop whose ctxs are callables (the ``aio`` loop's
+        ``ctx(res, flags)``) can pass ``method=None`` and keep its own error handling.
+        """
     def wake(self) -> None: ...
     # --- features and resources ---
     def supports(self, op: str | int) -> bool: ...
@@ -217,6 +255,20 @@ class Ring:
         """
     @property
     def single_issuer(self) -> bool: ...
+    @property
+    def registered_fd(self) -> bool:
+        """io_uring_enter goes through the registered ring index, not the fd."""
+    @property
+    def batch(self) -> int:
+        """Completions in the batch ``dispatch()`` is delivering, or delivered last (0 before
+        the first): what that call delivered so far + the reaped chunk + what is still queued in
+        the CQ, set before the chunk's first callback."""
+    @property
+    def sync_send(self) -> bool:
+        """``0 < batch <= sync_send_batch``: the ring as an ioladder transport's send gate
+        (``transport._send_gate = ring``), open while ``dispatch()`` runs small batches."""
+    sync_send_batch: int
+    """The largest batch for which :attr:`sync_send` is true (default 0: never)."""
     @property
     def has_multishot_accept(self) -> bool: ...
     @property

@@ -64,7 +64,18 @@ Completions come in batches.
     ``wait()``/``reap()`` return one list of ``(ctx, res, flags)`` tuples holding every completion
     available; ``res`` is the raw CQE result (negative errno on failure) and ``flags`` the CQE
     flags. ``wait()`` loops until ``min_complete`` (DEFER_TASKRUN may return early), retries
-    EINTR (running signal handlers), and returns what it has on timeout.
+    EINTR (running signal handlers), and returns what it has on timeout. ``dispatch()`` is the
+    same wait without the list: it calls ``ctx.<method>(res, flags)`` (or ``ctx(res, flags)``)
+    for each completion from C, in order; a callback that raises stops it (unless ``on_error``
+    takes the exception) and the completions not yet delivered stay in the ring's backlog,
+    delivered first by the next call. A callback may prepare ops but not reap the same ring.
+
+Registered ring fd.
+    A single-issuer ring registers its fd in the creating thread's registered-ring table
+    (``IORING_REGISTER_RING_FDS``, Linux 5.18) and enters with ``IORING_ENTER_REGISTERED_RING``,
+    sparing the kernel an fd lookup per ``io_uring_enter``; ``Ring.registered_fd`` says whether
+    it did (``register_fd=False``, older kernels, multi-threaded rings and a full table --
+    16 per thread -- use the fd). close() unregisters it, on the owner thread.
 
 CQ overflow loses nothing.
     With ``IORING_FEAT_NODROP`` the kernel queues completions that do not fit; when the SQ ring
