@@ -289,14 +289,15 @@ class CompletionEngine:
     the engine is an SQE on its ring, and the engine thread turns each CQE into the args'
     ``completed`` event. The loop is deliberately tiny (it is also the ``saea`` rung's loop):
 
-    1. ``ring.wait(1)`` — one ``io_uring_enter`` that submits every SQE prepared since the last
-       pass and sleeps until a completion (or a timer, a ``call_soon``, a ``wake``);
-    2. for each ``(ctx, res, flags)`` of the batch: ``ctx._complete(res, flags)``;
-    3. due timers, then the calls queued by ``call_soon``.
+    1. ``ring.dispatch(1, method="_complete")`` — one ``io_uring_enter`` that submits every SQE
+       prepared since the last pass and sleeps until a completion (or a timer, a ``call_soon``,
+       a ``wake``), then, from C, ``ctx._complete(res, flags)`` for each completion reaped, in
+       completion order (no list, no tuples);
+    2. due timers, then the calls queued by ``call_soon``.
 
     Any object with a ``_complete(res, flags)`` method can be an op's ctx, which is how the
     ``saea`` rung puts its own per-connection contexts on the same loop. An exception escaping
-    a completion is logged and the batch carries on.
+    a completion is logged (``dispatch``'s ``on_error``) and the batch carries on.
 
     ``CompletionEngine(entries=1024)`` starts the thread and creates the ring on it (raising
     here, with the kernel's reason, if io_uring is unusable). ``coalesce=seconds`` (default 0:
@@ -333,11 +334,6 @@ class CompletionEngine:
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
-        #: a transport whose ``_send_gate`` is this engine sends synchronously (in C) while
-        #: ``sync_send`` is true: while the batch being run has at most ``sync_send_batch``
-        #: completions (0: never).
-        self.sync_send = False
-        self.sync_send_batch = 0
         #: run on the engine thread after the loop ends, before the ring is closed
         self.on_stop: list[Callable[[], Any]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=daemon)
@@ -348,6 +344,22 @@ class CompletionEngine:
             raise self._error
 
     # ----------------------------------------------------------------------- public API
+    @property
+    def sync_send(self) -> bool:
+        """True while the completion batch being run has at most :attr:`sync_send_batch`
+        completions. The ring computes it (``Ring.sync_send``), so a transport's send gate is
+        the ring itself: ``transport._send_gate = engine.ring``."""
+        return self._ring.sync_send
+
+    @property
+    def sync_send_batch(self) -> int:
+        """The largest completion batch for which :attr:`sync_send` is true (0: never)."""
+        return self._ring.sync_send_batch
+
+    @sync_send_batch.setter
+    def sync_send_batch(self, value: int) -> None:
+        self._ring.sync_send_batch = value
+
     @classmethod
     def default(cls) -> CompletionEngine:
         """The process-wide engine used by sockets created without ``engine=`` (started on
@@ -473,39 +485,34 @@ class CompletionEngine:
             finally:
                 self._stopped.set()
 
+    def _handler_failed(self, exc: Exception, ctx: Any) -> None:
+        log.error("completion handler %r failed in %r", ctx, self, exc_info=exc)
+
     def _loop(self, ring: Any) -> None:
-        wait = ring.wait
+        dispatch = ring.dispatch
         calls = self._calls
         timers = self._timers
         popleft = calls.popleft
         monotonic = time.monotonic
         coalesce = self.coalesce
         many = self.coalesce_batch
-        batch: Any = ()
+        method = "_complete"
+        failed = self._handler_failed
+        n = 0  # completions the last pass delivered
         while self._running:
+            # One enter, then every completion's ctx._complete(res, flags), called from C.
             if calls:
-                batch = wait(0)
-            elif coalesce and batch:
+                n = dispatch(0, None, method, failed)
+            elif coalesce and n:
                 # Busy: let completions accumulate (DEFER_TASKRUN wakes us only once `many` are
-                # queued) for at most `coalesce` s; an empty result falls back to waiting.
+                # queued) for at most `coalesce` s; none falls back to waiting.
                 delay = coalesce if not timers else min(
                     coalesce, max(0.0, timers[0][0] - monotonic()))
-                batch = wait(many, delay)
+                n = dispatch(many, delay, method, failed)
             elif timers:
-                batch = wait(1, max(0.0, timers[0][0] - monotonic()))
+                n = dispatch(1, max(0.0, timers[0][0] - monotonic()), method, failed)
             else:
-                batch = wait(1)
-            if batch:
-                self.sync_send = len(batch) <= self.sync_send_batch
-                it = iter(batch)
-                while True:
-                    try:
-                        for ctx, res, flags in it:
-                            ctx._complete(res, flags)
-                    except Exception:
-                        log.exception("completion handler failed in %r", self)
-                        continue
-                    break
+                n = dispatch(1, None, method, failed)
             if timers:
                 now = monotonic()
                 while timers and timers[0][0] <= now:

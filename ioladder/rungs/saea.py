@@ -31,7 +31,8 @@ How each SAEA idea lands (and what it costs per connection and per op):
   reported to the transport, which hands back the rest, and the rest is resubmitted.
   ``SendAsync`` returning false (completed synchronously), as .NET on Linux does it: while the
   completion batch being run is small (at most ``SYNC_SEND`` completions), the transport's
-  ``write`` first tries a non-blocking ``send()`` in C (its send gate is the engine) and only
+  ``write`` first tries a non-blocking ``send()`` in C (its send gate is the ring:
+  ``Ring.sync_send``, set by ``Ring.dispatch`` per batch) and only
   what the socket does not take becomes a ring op. Measured at a fixed 40k round trips/s,
   one send syscall is cheaper than a send completion's pass through the loop; under load one
   enter submits many sends, so large batches keep every send on the ring.
@@ -643,7 +644,7 @@ class SaeaRung(Rung):
         st.linger = 0.0
         conn.rung_data = st
         conn._ctx_tid = self._tid  # write() checks its context without calling in_context
-        conn._send_gate = self._engine
+        conn._send_gate = self._ring  # Ring.sync_send: this dispatch batch is small
         conn._start()
 
     # ------------------------------------------------------------------------ driver API
