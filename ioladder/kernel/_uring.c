@@ -40,6 +40,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -386,6 +387,7 @@ typedef struct {
 
 typedef struct {
     PyObject *ctx; /* owned reference */
+    struct BufferRingObject *bufring; /* borrowed from the slot: CQE_F_BUFFER completions only */
     uint32_t idx;
     int32_t res;
     uint32_t flags;
@@ -1174,6 +1176,7 @@ static int harvest(RingObject *r, ul_done *d, int room, int *woken)
         d[n].res = res;
         d[n].flags = fl;
         d[n].ctx = s->ctx;
+        d[n].bufring = (fl & IORING_CQE_F_BUFFER) ? s->bufring : NULL;
         d[n].quiet = s->quiet;
         if (!s->quiet)
             r->loud++;
@@ -2610,6 +2613,91 @@ static PyObject *Ring_submit(RingObject *r, PyObject *noargs)
     return PyLong_FromLong(total);
 }
 
+/* ---- RecvContext: a multishot receive's bytes delivered without a Python frame ------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn; /* its _on_data(bytes) receives the data */
+} RecvContextObject;
+
+static PyTypeObject RecvContext_Type;
+static void br_recycle(struct BufferRingObject *b, uint32_t bid);
+static PyObject *s_on_data; /* "_on_data", interned at import */
+
+static int RecvContext_traverse(RecvContextObject *o, visitproc visit, void *arg)
+{
+    Py_VISIT(o->conn);
+    return 0;
+}
+
+static int RecvContext_clear(RecvContextObject *o)
+{
+    Py_CLEAR(o->conn);
+    return 0;
+}
+
+/* A Python subclass's instances come here through subtype_dealloc, which drops the reference
+ * to their (heap) type itself: this static type must not. */
+static void RecvContext_dealloc(RecvContextObject *o)
+{
+    PyObject_GC_UnTrack(o);
+    Py_CLEAR(o->conn);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyMemberDef RecvContext_members[] = {
+    {"conn", T_OBJECT, offsetof(RecvContextObject, conn), 0,
+     "whose _on_data(bytes) dispatch() calls with a multishot receive's data (None: unset)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RecvContext_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ioladder.kernel._uring.RecvContext",
+    .tp_basicsize = sizeof(RecvContextObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RecvContext() -- base class for the ctx of a multishot receive on a buffer ring.\n\n"
+              "Ring.dispatch() delivers the steady-state completions of such an op itself: one with "
+              "res > 0, CQE_F_BUFFER and CQE_F_MORE becomes conn._on_data(bytes) (the bytes copied "
+              "out of the buffer, which is recycled at once) with no Python frame and no int "
+              "objects. That is exactly what the ctx's own method must do with such a completion, "
+              "because every other completion -- the one ending the op (no CQE_F_MORE, possibly "
+              "carrying bytes), errors, and any completion that wait()/reap() return or that "
+              "dispatch() takes from the backlog -- goes to the method as usual.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)RecvContext_dealloc,
+    .tp_traverse = (traverseproc)RecvContext_traverse,
+    .tp_clear = (inquiry)RecvContext_clear,
+    .tp_members = RecvContext_members,
+};
+
+/* dispatch()'s fast path for a RecvContext: 1 delivered (or raised: -1), 0 not applicable. */
+static inline int recv_fast(RingObject *r, ul_done *d, PyObject *ctx, PyObject **data_conn)
+{
+    (void)r;
+    struct BufferRingObject *b = d->bufring;
+    uint32_t bid = d->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (bid >= b->count || !b->owned[bid] || (uint32_t)d->res > b->size)
+        return 0; /* not ours to handle: the method sees it (and raises, as take() would) */
+    PyObject *conn = ((RecvContextObject *)ctx)->conn;
+    PyObject *data = PyBytes_FromStringAndSize(b->base + (size_t)bid * b->size, d->res);
+    if (!data)
+        return -1;
+    br_recycle(b, bid);
+    *data_conn = conn ? conn : Py_None;
+    Py_INCREF(*data_conn);
+    PyObject *a[3] = {NULL, *data_conn, data};
+    PyObject *ret =
+        PyObject_VectorcallMethod(s_on_data, a + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(data);
+    Py_DECREF(*data_conn);
+    *data_conn = NULL;
+    if (!ret)
+        return -1;
+    Py_DECREF(ret);
+    return 1;
+}
+
 /* ---- dispatch: completions delivered by calling their ctx, no tuples ---------------------- */
 
 /* Where the completions of a wait loop go: appended to a list as (ctx, res, flags) tuples
@@ -2747,15 +2835,25 @@ static int harvest_dispatch(RingObject *r, ul_sink *k, int *woken)
         for (int i = 0; i < n; i++) {
             PyObject *ctx = d[i].ctx;
             d[i].ctx = NULL;
-            if (d[i].final)
-                slot_finish(r, d[i].idx); /* buffers released before the callback, as wait() */
-            int rc = -1;
-            PyObject *res = PyLong_FromLong(d[i].res);
-            PyObject *fl = res ? PyLong_FromUnsignedLong(d[i].flags) : NULL;
-            if (fl)
-                rc = call_ctx(ctx, k->method, res, fl);
-            Py_XDECREF(res);
-            Py_XDECREF(fl);
+            int rc = -1, fast = 0;
+            if (d[i].bufring && !d[i].final && d[i].res > 0 && !r->closing &&
+                PyObject_TypeCheck(ctx, &RecvContext_Type)) {
+                /* A multishot receive's bytes (CQE_F_MORE: its slot, and so its buffer ring,
+                 * stays alive): conn._on_data(bytes), no Python frame in between. */
+                PyObject *tmp = NULL;
+                fast = recv_fast(r, &d[i], ctx, &tmp);
+                rc = fast < 0 ? -1 : 0;
+            }
+            if (!fast) {
+                if (d[i].final)
+                    slot_finish(r, d[i].idx); /* buffers released before the callback */
+                PyObject *res = PyLong_FromLong(d[i].res);
+                PyObject *fl = res ? PyLong_FromUnsignedLong(d[i].flags) : NULL;
+                if (fl)
+                    rc = call_ctx(ctx, k->method, res, fl);
+                Py_XDECREF(res);
+                Py_XDECREF(fl);
+            }
             if (rc < 0)
                 rc = callback_failed(k, ctx);
             Py_DECREF(ctx);
@@ -3861,7 +3959,10 @@ PyMODINIT_FUNC PyInit__uring(void)
     for (ul_sig **s = all_sigs; *s; s++)
         if (!(*s)->interned && sig_init(*s) < 0)
             return NULL;
-    if (PyType_Ready(&Ring_Type) < 0 || PyType_Ready(&BufferRing_Type) < 0)
+    if (PyType_Ready(&Ring_Type) < 0 || PyType_Ready(&BufferRing_Type) < 0 ||
+        PyType_Ready(&RecvContext_Type) < 0)
+        return NULL;
+    if (!s_on_data && !(s_on_data = PyUnicode_InternFromString("_on_data")))
         return NULL;
     PyObject *m = PyModule_Create(&uring_module);
     if (!m)
@@ -3889,6 +3990,11 @@ PyMODINIT_FUNC PyInit__uring(void)
     Py_INCREF(&BufferRing_Type);
     if (PyModule_AddObject(m, "BufferRing", (PyObject *)&BufferRing_Type) < 0) {
         Py_DECREF(&BufferRing_Type);
+        goto fail;
+    }
+    Py_INCREF(&RecvContext_Type);
+    if (PyModule_AddObject(m, "RecvContext", (PyObject *)&RecvContext_Type) < 0) {
+        Py_DECREF(&RecvContext_Type);
         goto fail;
     }
     struct {

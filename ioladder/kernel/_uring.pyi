@@ -293,6 +293,22 @@ class BufferRing:
     @property
     def registered(self) -> bool: ...
 
+class RecvContext:
+    """Base class for the ctx of a multishot receive on a buffer ring.
+
+    ``Ring.dispatch()`` delivers such an op's steady-state completions itself: one with
+    ``res > 0``, ``CQE_F_BUFFER`` and ``CQE_F_MORE`` becomes ``conn._on_data(bytes)`` (the bytes
+    copied out, the buffer recycled at once), with no Python frame and no int objects. That is
+    exactly what the ctx's own method must do with such a completion, because every other one --
+    the completion ending the op (no ``CQE_F_MORE``, possibly with bytes), errors, and whatever
+    ``wait()``/``reap()`` return or ``dispatch()`` takes from the backlog -- goes to the method.
+    A raising ``_on_data`` is handled as a raising callback (``on_error`` or propagation).
+    Subclass it with ``__slots__`` for the rest of the state.
+    """
+
+    conn: Any
+    """Whose ``_on_data(bytes)`` receives the data (``None`` until set)."""
+
 def _availability() -> str | None: ...
 def _reason_for_errno(
     errno: int, io_uring_disabled: int = -2, io_uring_group: int = -2

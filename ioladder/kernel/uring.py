@@ -145,6 +145,7 @@ from ioladder.kernel._uring import (
     SPLICE_F_MOVE,
     SPLICE_F_NONBLOCK,
     BufferRing,
+    RecvContext,
     Ring,
     UringUnavailable,
     _availability,
@@ -153,6 +154,7 @@ from ioladder.kernel._uring import (
 __all__ = [
     "Ring",
     "BufferRing",
+    "RecvContext",
     "UringUnavailable",
     "availability",
     "require",

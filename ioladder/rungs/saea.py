@@ -52,8 +52,9 @@ How each SAEA idea lands (and what it costs per connection and per op):
   ``splice(pipe -> socket)`` (zero copies through Python), in order with the bytes written
   before and after it.
 
-Steady state per echoed message: one multishot-receive completion (copy out, recycle),
-``data_received``, then a synchronous send (small batches) or one send SQE and its completion
+Steady state per echoed message: one multishot-receive completion (copied out and recycled,
+then handed to the transport's ``_on_data`` by ``Ring.dispatch`` in C: the receive context is
+a ``RecvContext``), ``data_received``, then a synchronous send (small batches) or one send SQE and its completion
 (large batches); no Python object survives the round trip
 (``tests/saea/test_saea_rung.py`` checks it with ``tracemalloc``).
 
@@ -130,15 +131,22 @@ class _Ignore:
 _IGNORE = _Ignore()
 
 
+#: the per-connection state's fields, besides ``conn`` (the C base's, see ``_ConnBase``)
+_CONN_SLOTS = ("fd", "tx", "recv_op", "reading", "cancelling", "ops", "closing", "abort",
+               "file", "linger")
+
+
 class _ConnBase:
     """Per-connection driver state, and the ctx of the connection's multishot receive.
 
-    The hot ``_complete`` is defined per rung instance (see ``SaeaRung._build``) so that the
-    ring's and buffer ring's bound methods are closure cells, not attribute chains.
+    The class used is ``_Conn``, made per rung instance by ``SaeaRung._build``: its hot
+    ``_complete`` has the ring's and buffer ring's bound methods in closure cells, not
+    attribute chains, and it also derives from :class:`ioladder.kernel.uring.RecvContext`
+    (which holds ``conn``), so ``Ring.dispatch`` hands the steady-state receive completions to
+    ``conn._on_data`` itself, in C; ``_complete`` sees the others (the receive ending, errors).
     """
 
-    __slots__ = ("conn", "fd", "tx", "recv_op", "reading", "cancelling", "ops", "closing",
-                 "abort", "file", "linger")
+    __slots__ = ()
 
     def __init__(self) -> None:
         self.conn: Any = None
@@ -555,11 +563,13 @@ class SaeaRung(Rung):
         ENOBUFS = _ENOBUFS
         rung = self
 
-        class _Conn(_ConnBase):
-            __slots__ = ()
+        class _Conn(_ConnBase, self._uring.RecvContext):
+            __slots__ = _CONN_SLOTS
 
             def _complete(self, res: int, flags: int) -> None:
                 # The multishot receive: bytes in buffer (flags >> 16) of the shared ring.
+                # Ring.dispatch delivers those with CQE_F_MORE itself (RecvContext), exactly as
+                # the first two lines here would; this sees the rest.
                 if res > 0:
                     self.conn._on_data(take(flags >> 16, res))
                     if flags & F_MORE:
