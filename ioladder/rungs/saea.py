@@ -54,8 +54,8 @@ How each SAEA idea lands (and what it costs per connection and per op):
 
 Steady state per echoed message: one multishot-receive completion (copied out and recycled,
 then handed to the transport's ``_on_data`` by ``Ring.dispatch`` in C: the receive context is
-a ``RecvContext``), ``data_received``, then a synchronous send (small batches) or one send SQE and its completion
-(large batches); no Python object survives the round trip
+a ``RecvContext``), ``data_received``, then a synchronous send (small batches) or one send SQE
+and its completion (large batches); no Python object survives the round trip
 (``tests/saea/test_saea_rung.py`` checks it with ``tracemalloc``).
 
 Threads: one, the completion engine's (:class:`ioladder.saea.CompletionEngine`); every
@@ -558,6 +558,8 @@ class SaeaRung(Rung):
     def _build(self) -> tuple[type, type]:
         """The per-connection classes, with this ring's methods bound in closure cells."""
         take = self._bufring.take
+        recycle = self._bufring.recycle
+        F_BUFFER = self._uring.CQE_F_BUFFER
         prep_send = self._ring.prep_send
         F_MORE = self._F_MORE
         ENOBUFS = _ENOBUFS
@@ -574,6 +576,10 @@ class SaeaRung(Rung):
                     self.conn._on_data(take(flags >> 16, res))
                     if flags & F_MORE:
                         return
+                elif flags & F_BUFFER:
+                    # the kernel un-selects the buffer of an EOF or error today; if a kernel
+                    # ever reports one consumed, it goes back, or the ring would shrink
+                    recycle(flags >> 16)
                 self.ops -= 1
                 self.recv_op = None
                 if self.closing:
