@@ -1,5 +1,5 @@
-"""Build the package's C extensions: the transport's hot path, the io_uring ring and the load
-generator's hot loop.
+"""Build the package's C extensions: the transports' hot paths (the rungs' and the aio loop's),
+the io_uring ring and the load generator's hot loop.
 
 All are plain CPython extensions on raw syscalls (no liburing), compiled by the standard
 setuptools build so a fresh machine needs only gcc and the Python headers.
@@ -12,6 +12,7 @@ CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wn
 setup(
     ext_modules=[
         Extension("ioladder._transport", ["ioladder/_transport.c"], extra_compile_args=CFLAGS),
+        Extension("ioladder.aio._speedups", ["ioladder/aio/_speedups.c"], extra_compile_args=CFLAGS),
         Extension("ioladder.kernel._uring", ["ioladder/kernel/_uring.c"], extra_compile_args=CFLAGS),
         Extension("ioladder.bench._loadgen", ["ioladder/bench/_loadgen.c"], extra_compile_args=CFLAGS),
     ],

@@ -34,12 +34,13 @@ import errno
 import os
 import socket
 import warnings
-from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio import base_events, constants, futures, protocols, trsock
 from typing import Any
 
 from ioladder.kernel import uring
 
 from ._proactor import logger
+from ._speedups import TransportCore
 
 _F_MORE = uring.CQE_F_MORE
 _F_BUFFER = uring.CQE_F_BUFFER
@@ -48,7 +49,7 @@ _SEND_FLAGS = uring.MSG_NOSIGNAL | uring.MSG_WAITALL
 _ENOBUFS = -errno.ENOBUFS
 _ECANCELED = -errno.ECANCELED
 #: writes up to this size wait for the iteration's batched submission; bigger ones go at once
-_BATCH_MAX = 16384
+_BATCH_MAX = 16384  # also BATCH_MAX in _speedups.c
 
 
 def _error(res: int) -> OSError:
@@ -88,8 +89,17 @@ def set_socket_extra(transport: Any, sock: socket.socket) -> None:
             extra["peername"] = None
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
+class SocketTransport(TransportCore):
     """A connected stream socket on the ring (see the module docstring).
+
+    The per-message paths are C (``TransportCore`` in ``_speedups.c``, a subclass of asyncio's
+    ``_FlowControlMixin``): ``write``, ``_flush``, ``_on_sent`` and ``_on_recv`` handle the
+    common case and call the Python methods here for everything else (``_write``, ``_sent``,
+    ``_on_recv_data``, ``_on_recv_end``, ``_maybe_pause_protocol``, ``_fatal_error``). The
+    fields those paths use live in the C struct under their attribute names: ``_ctx``,
+    ``_deliver``, ``_take``, ``_buffer``, ``_sending``, ``_send_id``, ``_prep_send``,
+    ``_on_sent_cb``, ``_buffered``, ``_send_off``, ``_send_len``, ``_conn_lost``, ``_fd``,
+    ``_rfast``, ``_wfast``, ``_queued``, ``_closing`` (the booleans take only bools).
 
     Two flags keep the per-message paths short: ``_rfast`` (reading normally: not paused, nothing
     held, not closing) and ``_wfast`` (a write needs no check: no ``write_eof``, no sendfile,
@@ -97,14 +107,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     change.
     """
 
-    # Slots: this class has more attributes than CPython's shared-key instance dicts hold (30),
-    # and the per-message path reads a dozen of them. __dict__ stays for what code may attach.
-    __slots__ = ("_sock", "_fd", "_send", "_proactor", "_ctx", "_run", "_protocol",
-                 "_protocol_connected", "_deliver", "_server", "_closing", "_conn_lost",
-                 "_paused", "_eof", "_at_eof", "_recv_id", "_br", "_take", "_held", "_sending",
-                 "_send_id", "_send_off", "_send_len", "_buffer", "_buffered", "_queued",
-                 "_prep_send", "_empty_waiter",
-                 "_rfast", "_wfast", "_on_recv_cb", "_on_sent_cb", "__dict__", "__weakref__")
+    # Slots: this class has more attributes than CPython's shared-key instance dicts hold (30).
+    # __dict__ stays for what code may attach.
+    __slots__ = ("_sock", "_send", "_proactor", "_run", "_protocol", "_protocol_connected",
+                 "_server", "_paused", "_eof", "_at_eof", "_recv_id", "_br", "_held",
+                 "_empty_waiter", "_on_recv_cb", "__dict__", "__weakref__")
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -216,21 +223,9 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._take = br.take
         self._recv_id = proactor._ring.prep_recv_multishot(self._fd, br, self._on_recv_cb)
 
-    def _on_recv(self, res: int, flags: int) -> None:
-        # the per-message path: data, the recv still armed (CQE_F_MORE), reading normally
-        if res > 0:
-            data = self._take(flags >> 16, res)
-            if flags & 2 and self._rfast:
-                try:
-                    self._run(self._deliver, data)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-                return
-            self._on_recv_data(data, flags)
-        else:
-            self._on_recv_end(res, flags)
+    # _on_recv(res, flags), in C: data (res > 0) taken from the buffer ring, the recv still
+    # armed (CQE_F_MORE) and reading normally (_rfast): ctx.run(deliver, data), _fatal_error if
+    # it raises; other data goes to _on_recv_data, and res <= 0 to _on_recv_end.
 
     def _on_recv_data(self, data: bytes, flags: int) -> None:
         if not flags & _F_MORE:
@@ -347,20 +342,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     # is not running (or batch_writes=False), goes straight to the socket as on the selector
     # loop; what the socket does not take becomes a SEND.
 
-    def write(self, data: Any) -> None:
-        if self._wfast and type(data) is bytes and len(data) <= _BATCH_MAX:
-            self._buffer.append(data)
-            self._buffered += len(data)
-            if not self._queued:
-                self._queued = True
-                if self._sending is None:
-                    # loop running: flushq.append, the loop flushes before its next enter;
-                    # not running: this transport's buffer goes to the socket now
-                    self._loop._defer_write(self)
-            if self._buffered + self._send_len > self._high_water:
-                self._maybe_pause_protocol()
-            return
-        self._write(data)
+    # write(data), in C: with _wfast, bytes of at most _BATCH_MAX: append to _buffer, count
+    # _buffered; unless _queued, set it and (no send in flight) call loop._defer_write(self):
+    # loop running, flushq.append (the loop flushes before its next enter); not running, this
+    # transport's buffer goes to the socket now. Then _maybe_pause_protocol() above the
+    # high-water mark. Anything else: _write(data).
 
     def _write(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -419,37 +405,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if n < len(data):
             self._submit_send(data, n)
 
-    def _flush(self) -> None:
-        """The loop is about to enter the ring: hand the buffer to the kernel (one SEND)."""
-        buf = self._buffer
-        if self._sending is not None or not buf or self._conn_lost:
-            self._queued = self._sending is not None
-            return
-        data = buf[0] if len(buf) == 1 else b"".join(buf)
-        buf.clear()
-        # _submit_send(data, 0), inlined: this runs once per written-to transport per iteration
-        self._sending = data
-        self._send_off = 0
-        self._send_len = n = self._buffered
-        self._buffered = 0
-        # Quiet (the ring does not end its wait for this send's completion when the kernel
-        # finishes it while submitting) unless someone is waiting on it: a close or write_eof
-        # to finish, a sendfile, a paused protocol to resume, or a pause to come.
-        quiet = (self._wfast and not self._closing and not self._protocol_paused
-                 and n <= self._high_water)
-        try:
-            self._send_id = self._prep_send(self._fd, data, self._on_sent_cb, _SEND_FLAGS,
-                                            quiet=quiet)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._sending = None
-            self._send_len = 0
-            self._queued = False
-            self._fatal_error(exc, "Fatal write error on socket transport")
-            return
-        if n > self._high_water:
-            self._maybe_pause_protocol()
+    # _flush(), in C: the loop is about to enter the ring: hand the buffer to the kernel as one
+    # SEND (nothing if a send is in flight, the buffer is empty or the connection is lost).
+    # _submit_send(b"".join(_buffer), 0) with the completion to _on_sent, and quiet (the ring
+    # does not end its wait for this send's completion when the kernel finishes it while
+    # submitting) unless someone is waiting on it: a close or write_eof to finish, a sendfile,
+    # a paused protocol to resume, or a pause to come (_wfast, not _closing, not
+    # _protocol_paused, at most _high_water bytes).
 
     def _submit_send(self, data: bytes, start: int) -> None:
         """One SEND of data[start:]; its completion comes to _on_sent."""
@@ -470,16 +432,9 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if rest > self._high_water:
             self._maybe_pause_protocol()
 
-    def _on_sent(self, res: int, flags: int) -> None:
-        self._send_id = None
-        if res == self._send_len and not self._buffer and self._rfast and self._wfast and \
-                not self._protocol_paused:
-            # the per-message path: all of it went, nothing more queued, nobody to tell
-            self._sending = None
-            self._send_len = 0
-            self._queued = False
-            return
-        self._sent(res)
+    # _on_sent(res, flags), in C: _send_id = None; all of it went (res == _send_len), nothing
+    # more queued, reading normally, _wfast and the protocol not paused: nothing to tell, the
+    # send is over; else _sent(res).
 
     def _sent(self, res: int) -> None:
         if self._conn_lost:  # aborted: whatever was queued is dropped
