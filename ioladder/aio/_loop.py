@@ -58,6 +58,10 @@ from ._proactor import (
     UringProactor,
     logger,
 )
+from ._speedups import CallSoon
+from ._speedups import dispatch as _dispatch
+from ._speedups import flush_all as _flush_all
+from ._speedups import run_ready as _run_ready
 from ._transports import Acceptor, SocketTransport
 
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
@@ -139,6 +143,10 @@ class UringEventLoop(proactor_events.BaseProactorEventLoop):
         self.get_debug = functools.partial(_get_debug, self)  # type: ignore[method-assign]
         self.create_future = functools.partial(  # type: ignore[method-assign]
             futures.Future, loop=self)
+        # call_soon: every future's done callbacks and every stream wakeup come through it.
+        # CallSoon (C) does what the method below does, and calls the method in debug mode.
+        if _FAST_HANDLE:
+            self.call_soon = CallSoon(self, self._py_call_soon)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} "
@@ -208,9 +216,7 @@ class UringEventLoop(proactor_events.BaseProactorEventLoop):
                     handle._scheduled = False
 
             if flushq:  # this iteration's writes: one SEND per transport, submitted by the enter
-                for transport in flushq:
-                    transport._flush()
-                flushq.clear()
+                _flush_all(flushq)  # for transport in flushq: transport._flush(); then clear
             if ready or self._stopping or proactor._backlog:
                 cqes = ring.reap()  # enters the kernel only if there is something to do
             elif scheduled:
@@ -256,37 +262,29 @@ class UringEventLoop(proactor_events.BaseProactorEventLoop):
                                            base_events._format_handle(handle), dt)
                     finally:
                         self._current_handle = None
-            else:
-                for _ in range(ntodo):
-                    handle = popleft()
-                    if handle._cancelled:
-                        continue
-                    # handle._run(), inlined
-                    try:
-                        handle._context.run(handle._callback, *handle._args)
-                    except (SystemExit, KeyboardInterrupt):
-                        raise
-                    except BaseException as exc:
-                        _handle_error(handle, exc)
+            elif ntodo:
+                # in C: popleft() ntodo handles; each not cancelled runs as
+                # handle._context.run(handle._callback, *handle._args), an exception (but
+                # SystemExit, KeyboardInterrupt) going to _handle_error(handle, exc)
+                _run_ready(ready, ntodo, _handle_error)
             handle = None  # break cycles when an exception occurs
 
             cqes = proactor._backlog
             if cqes:
                 proactor._backlog = []
-                it = iter(cqes)
-                for ctx, res, flags in it:
-                    try:
-                        ctx(res, flags)
-                    except (SystemExit, KeyboardInterrupt):
-                        proactor._backlog[:0] = list(it)
-                        raise
-                    except BaseException as exc:
-                        proactor._handler_error(exc, ctx)
-                cqes = it = ctx = None  # type: ignore[assignment]
+                # in C: ctx(res, flags) for each completion, an exception going to
+                # proactor._handler_error(exc, ctx); SystemExit and KeyboardInterrupt put the
+                # completions not yet dispatched back in front of proactor._backlog and raise
+                _dispatch(cqes, proactor)
+                cqes = None  # type: ignore[assignment]
             if once or self._stopping:
                 return
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
+        return self._py_call_soon(callback, *args, context=context)
+
+    def _py_call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
+        """call_soon in Python: what the instance's C CallSoon does, and its debug mode."""
         if self._debug or not _FAST_HANDLE:
             handle = super().call_soon(callback, *args, context=context)
             if handle._source_traceback:

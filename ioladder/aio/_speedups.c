@@ -13,6 +13,7 @@
  * methods are the fast paths of the Python ones they replace, and hand every other case back
  * to a Python method of the transport, which stays the one place the contract is written:
  *
+ *   is_closing()        _closing (StreamWriter.drain() asks on every call)
  *   write(data)         small bytes while nothing is special (_wfast): append, count, queue
  *                       the transport for the loop's next flush; else _write(data)
  *   _flush()            the buffer as one SEND (ring.prep_send, quiet when nobody waits)
@@ -423,7 +424,14 @@ static void T_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
+static PyObject *T_is_closing(PyObject *self, PyObject *noargs)
+{
+    return PyBool_FromLong(CORE(self)->closing);
+}
+
 static PyMethodDef T_methods[] = {
+    {"is_closing", (PyCFunction)T_is_closing, METH_NOARGS,
+     "is_closing() (asyncio.BaseTransport; StreamWriter.drain() asks it every time)."},
     {"write", (PyCFunction)T_write, METH_O, "write(data) (asyncio.WriteTransport)."},
     {"_flush", (PyCFunction)T_flush, METH_NOARGS,
      "_flush(): the loop is about to enter the ring: hand the buffer to the kernel (one SEND)."},
@@ -663,6 +671,226 @@ static PyObject *m_flush_all(PyObject *module, PyObject *flushq)
     Py_RETURN_NONE;
 }
 
+/* -------------------------------------------------------------------------- call_soon */
+
+/* CallSoon(loop, fallback): the loop's call_soon as a C callable (set on the instance: every
+ * future's completion and every stream wakeup goes through it). The common case builds the
+ * events.Handle itself, its slots filled as Handle.__init__ fills them, and appends it to
+ * loop._ready; with the loop in debug mode, or keyword arguments other than context, it calls
+ * fallback (the Python method), which is also the one place the contract is written. */
+
+static PyTypeObject *HandleType;  /* asyncio.events.Handle, when its slots are the expected */
+static const char *const handle_slot_names[] = {"_callback", "_args", "_cancelled", "_loop",
+                                                "_source_traceback", "_repr", "_context"};
+#define N_HANDLE_SLOTS 7
+static Py_ssize_t handle_slot[N_HANDLE_SLOTS];
+static PyObject *s_debug, *s_closed, *s_ready, *s_context_kw;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *loop;
+    PyObject *ready;    /* loop._ready (a deque: asyncio never replaces it) */
+    PyObject *append;   /* loop._ready.append */
+    PyObject *fallback; /* the Python call_soon, bound */
+} CallSoon;
+
+static PyTypeObject *CallSoonType;
+
+static PyObject *call_fallback(CallSoon *cs, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames)
+{
+    return PyObject_Vectorcall(cs->fallback, args, nargsf, kwnames);
+}
+
+/* loop.<name> is true: -1 on error */
+static int loop_flag(PyObject *loop, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(loop, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *CallSoon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames)
+{
+    CallSoon *cs = (CallSoon *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context = NULL;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        if (PyTuple_GET_SIZE(kwnames) != 1 ||
+            PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context_kw) != 0)
+            return call_fallback(cs, args, nargsf, kwnames);
+        context = args[nargs];
+    }
+    if (nargs < 1 || HandleType == NULL)
+        return call_fallback(cs, args, nargsf, kwnames);
+    int debug = loop_flag(cs->loop, s_debug);
+    if (debug < 0)
+        return NULL;
+    if (debug)
+        return call_fallback(cs, args, nargsf, kwnames);
+    int closed = loop_flag(cs->loop, s_closed);
+    if (closed < 0)
+        return NULL;
+    if (closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    PyObject *cargs = PyTuple_New(nargs - 1);
+    if (cargs == NULL)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(cargs, i - 1, Py_NewRef(args[i]));
+    PyObject *ctx = (context == NULL || context == Py_None) ? PyContext_CopyCurrent()
+                                                             : Py_NewRef(context);
+    if (ctx == NULL) {
+        Py_DECREF(cargs);
+        return NULL;
+    }
+    PyObject *handle = HandleType->tp_alloc(HandleType, 0);
+    if (handle == NULL) {
+        Py_DECREF(cargs);
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    PyObject *values[N_HANDLE_SLOTS] = {Py_NewRef(args[0]), cargs, Py_NewRef(Py_False),
+                                        Py_NewRef(cs->loop), Py_NewRef(Py_None),
+                                        Py_NewRef(Py_None), ctx};
+    for (int i = 0; i < N_HANDLE_SLOTS; i++)
+        *(PyObject **)((char *)handle + handle_slot[i]) = values[i];
+    PyObject *r = PyObject_CallOneArg(cs->append, handle);
+    if (r == NULL) {
+        Py_DECREF(handle);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return handle;
+}
+
+static PyObject *CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *loop, *fallback;
+    if (!PyArg_ParseTuple(args, "OO:CallSoon", &loop, &fallback))
+        return NULL;
+    PyObject *ready = PyObject_GetAttr(loop, s_ready);
+    if (ready == NULL)
+        return NULL;
+    PyObject *append = PyObject_GetAttrString(ready, "append");
+    if (append == NULL) {
+        Py_DECREF(ready);
+        return NULL;
+    }
+    CallSoon *cs = (CallSoon *)type->tp_alloc(type, 0);
+    if (cs == NULL) {
+        Py_DECREF(ready);
+        Py_DECREF(append);
+        return NULL;
+    }
+    cs->vectorcall = CallSoon_vectorcall;
+    cs->loop = Py_NewRef(loop);
+    cs->ready = ready;
+    cs->append = append;
+    cs->fallback = Py_NewRef(fallback);
+    return (PyObject *)cs;
+}
+
+static int CallSoon_traverse(CallSoon *cs, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(cs));
+    Py_VISIT(cs->loop);
+    Py_VISIT(cs->ready);
+    Py_VISIT(cs->append);
+    Py_VISIT(cs->fallback);
+    return 0;
+}
+
+static int CallSoon_clear(CallSoon *cs)
+{
+    Py_CLEAR(cs->loop);
+    Py_CLEAR(cs->ready);
+    Py_CLEAR(cs->append);
+    Py_CLEAR(cs->fallback);
+    return 0;
+}
+
+static void CallSoon_dealloc(CallSoon *cs)
+{
+    PyTypeObject *tp = Py_TYPE(cs);
+    PyObject_GC_UnTrack(cs);
+    CallSoon_clear(cs);
+    tp->tp_free(cs);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef CallSoon_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CallSoon, vectorcall), READONLY, NULL},
+    {"fallback", T_OBJECT, offsetof(CallSoon, fallback), READONLY, "the Python call_soon"},
+    {NULL},
+};
+
+static PyType_Slot CallSoon_slots[] = {
+    {Py_tp_doc, "CallSoon(loop, fallback): loop.call_soon in C (see _speedups.c)."},
+    {Py_tp_new, CallSoon_new},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_traverse, CallSoon_traverse},
+    {Py_tp_clear, CallSoon_clear},
+    {Py_tp_dealloc, CallSoon_dealloc},
+    {Py_tp_members, CallSoon_members},
+    {0, NULL},
+};
+
+static PyType_Spec CallSoon_spec = {
+    .name = "ioladder.aio._speedups.CallSoon",
+    .basicsize = sizeof(CallSoon),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = CallSoon_slots,
+};
+
+/* Handle's slots, if they are exactly those call_soon fills (else HandleType stays NULL and
+ * CallSoon always calls its fallback). */
+static int setup_handle(void)
+{
+    PyObject *mod = PyImport_ImportModule("asyncio.events");
+    if (mod == NULL)
+        return -1;
+    PyObject *h = PyObject_GetAttrString(mod, "Handle");
+    Py_DECREF(mod);
+    if (h == NULL)
+        return -1;
+    PyObject *slots = PyObject_GetAttrString(h, "__slots__");
+    if (slots == NULL) {
+        PyErr_Clear();
+        Py_DECREF(h);
+        return 0;
+    }
+    PyObject *want = Py_BuildValue("(ssssssss)", "_callback", "_args", "_cancelled", "_loop",
+                                   "_source_traceback", "_repr", "__weakref__", "_context");
+    int same = want == NULL ? -1 : PyObject_RichCompareBool(slots, want, Py_EQ);
+    Py_XDECREF(want);
+    Py_DECREF(slots);
+    if (same <= 0 || !PyType_Check(h)) {
+        Py_DECREF(h);
+        return same < 0 ? -1 : 0;
+    }
+    for (int i = 0; i < N_HANDLE_SLOTS; i++) {
+        PyObject *descr = PyObject_GetAttrString(h, handle_slot_names[i]);
+        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
+            Py_XDECREF(descr);
+            Py_DECREF(h);
+            PyErr_Clear();
+            return 0;
+        }
+        handle_slot[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+    }
+    HandleType = (PyTypeObject *)h;
+    return 0;
+}
+
 static PyMethodDef module_methods[] = {
     {"run_ready", (PyCFunction)(void (*)(void))m_run_ready, METH_FASTCALL,
      "run_ready(ready, ntodo, handle_error): run ntodo handles from the ready deque."},
@@ -705,6 +933,13 @@ PyMODINIT_FUNC PyInit__speedups(void)
         return NULL;
     /* as _transports._SEND_FLAGS */
     if ((s_send_flags = PyLong_FromLong(MSG_NOSIGNAL | MSG_WAITALL)) == NULL)
+        return NULL;
+
+    INTERN(s_debug, "_debug");
+    INTERN(s_closed, "_closed");
+    INTERN(s_ready, "_ready");
+    INTERN(s_context_kw, "context");
+    if (setup_handle() < 0)
         return NULL;
 
     PyObject *mod = PyImport_ImportModule("asyncio.transports");
@@ -751,6 +986,12 @@ PyMODINIT_FUNC PyInit__speedups(void)
     Py_DECREF(bases);
     if (CoreType == NULL ||
         PyModule_AddObjectRef(module, "TransportCore", (PyObject *)CoreType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    CallSoonType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &CallSoon_spec, NULL);
+    if (CallSoonType == NULL ||
+        PyModule_AddObjectRef(module, "CallSoon", (PyObject *)CallSoonType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -93,9 +93,10 @@ class SocketTransport(TransportCore):
     """A connected stream socket on the ring (see the module docstring).
 
     The per-message paths are C (``TransportCore`` in ``_speedups.c``, a subclass of asyncio's
-    ``_FlowControlMixin``): ``write``, ``_flush``, ``_on_sent`` and ``_on_recv`` handle the
-    common case and call the Python methods here for everything else (``_write``, ``_sent``,
-    ``_on_recv_data``, ``_on_recv_end``, ``_maybe_pause_protocol``, ``_fatal_error``). The
+    ``_FlowControlMixin``): ``is_closing``, and ``write``, ``_flush``, ``_on_sent`` and
+    ``_on_recv``, which handle the common case and call the Python methods here for everything
+    else (``_write``, ``_sent``, ``_on_recv_data``, ``_on_recv_end``, ``_maybe_pause_protocol``,
+    ``_fatal_error``). The
     fields those paths use live in the C struct under their attribute names: ``_ctx``,
     ``_deliver``, ``_take``, ``_buffer``, ``_sending``, ``_send_id``, ``_prep_send``,
     ``_on_sent_cb``, ``_buffered``, ``_send_off``, ``_send_len``, ``_conn_lost``, ``_fd``,
@@ -203,8 +204,7 @@ class SocketTransport(TransportCore):
     def get_protocol(self) -> Any:
         return self._protocol
 
-    def is_closing(self) -> bool:
-        return self._closing
+    # is_closing(), in C: self._closing
 
     # ------------------------------------------------------------------ reading
 
