@@ -721,8 +721,9 @@ static PyObject *CallSoon_vectorcall(PyObject *self, PyObject *const *args, size
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *context = NULL;
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
         if (PyTuple_GET_SIZE(kwnames) != 1 ||
-            PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context_kw) != 0)
+            (key != s_context_kw && PyUnicode_Compare(key, s_context_kw) != 0))
             return call_fallback(cs, args, nargsf, kwnames);
         context = args[nargs];
     }
@@ -929,7 +930,13 @@ PyMODINIT_FUNC PyInit__speedups(void)
     INTERN(s_args, "_args");
     INTERN(s_backlog, "_backlog");
     INTERN(s_handler_error, "_handler_error");
-    if ((s_quiet_kw = Py_BuildValue("(s)", "quiet")) == NULL)
+    /* interned: the ring's argument parser matches keyword names by identity first */
+    PyObject *quiet = PyUnicode_InternFromString("quiet");
+    if (quiet == NULL)
+        return NULL;
+    s_quiet_kw = PyTuple_Pack(1, quiet);
+    Py_DECREF(quiet);
+    if (s_quiet_kw == NULL)
         return NULL;
     /* as _transports._SEND_FLAGS */
     if ((s_send_flags = PyLong_FromLong(MSG_NOSIGNAL | MSG_WAITALL)) == NULL)
