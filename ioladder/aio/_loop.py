@@ -144,8 +144,9 @@ class UringEventLoop(proactor_events.BaseProactorEventLoop):
         self.create_future = functools.partial(  # type: ignore[method-assign]
             futures.Future, loop=self)
         # call_soon: every future's done callbacks and every stream wakeup come through it.
-        # CallSoon (C) does what the method below does, and calls the method in debug mode.
-        if _FAST_HANDLE:
+        # CallSoon (C) does what the method below does, and calls the method in debug mode;
+        # not where a subclass overrides call_soon (the instance attribute would hide it).
+        if _FAST_HANDLE and type(self).call_soon is UringEventLoop.call_soon:
             self.call_soon = CallSoon(self, self._py_call_soon)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:

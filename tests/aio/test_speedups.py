@@ -238,3 +238,22 @@ def test_call_soon_in_c_makes_ordinary_handles(fds):
     del loop, h1, h2
     gc.collect()
     assert ref() is None  # the loop <-> call_soon cycle is collected
+
+
+def test_a_subclass_overriding_call_soon_keeps_its_method(fds):
+    calls = []
+
+    class Traced(aio.UringEventLoop):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    loop = Traced()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        assert calls  # the task's first step was scheduled through the override
+        h = loop.call_soon(print)
+        assert type(h) is asyncio.Handle and calls[-1] is print
+        h.cancel()
+    finally:
+        loop.close()
