@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py $(wildcard ioladder/*.c ioladder/*/*.c ioladder/*/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard ioladder/*.c ioladder/*.h ioladder/*/*.c ioladder/*/*.h)
 
 .PHONY: test demo venv lint bench bench-echo bench-docs bench-http ensure-wrk clean
 

@@ -35,6 +35,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+
+#include "_cbase.h"
 #include <pythread.h>
 #include <time.h>
 #include <errno.h>
@@ -655,34 +657,21 @@ PyMODINIT_FUNC PyInit__transport(void)
         return NULL;
     }
     /* BaseTransport declares __slots__ = ('_extra',): find that slot's offset. */
-    PyObject *descr = PyObject_GetAttrString(base_transport, "_extra");
+    extra_offset = cbase_slot_offset(base_transport, "_extra");
     Py_DECREF(base_transport);
-    if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
-        Py_XDECREF(descr);
+    if (extra_offset < 0) {
         Py_DECREF(base);
-        PyErr_SetString(PyExc_ImportError, "asyncio.BaseTransport._extra is not a slot");
         return NULL;
     }
-    extra_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
-    Py_DECREF(descr);
-
-    Py_ssize_t base_size = ((PyTypeObject *)base)->tp_basicsize;
-    core_offset = (base_size + (Py_ssize_t)_Alignof(Core) - 1) & ~((Py_ssize_t)_Alignof(Core) - 1);
-    T_spec.basicsize = (int)(core_offset + sizeof(Core));
-    for (size_t i = 0; i < sizeof(member_field) / sizeof(member_field[0]); i++)
-        T_members[i].offset = core_offset + member_field[i];
-
-    PyObject *bases = PyTuple_Pack(1, base);
-    Py_DECREF(base);
-    if (bases == NULL)
-        return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) {
-        Py_DECREF(bases);
+        Py_DECREF(base);
         return NULL;
     }
-    TransportBaseType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &T_spec, bases);
-    Py_DECREF(bases);
+    TransportBaseType = cbase_create(module, &T_spec, base, T_members, member_field,
+                                     sizeof(member_field) / sizeof(member_field[0]),
+                                     sizeof(Core), _Alignof(Core), &core_offset);
+    Py_DECREF(base);
     if (TransportBaseType == NULL || PyModule_AddObjectRef(module, "TransportBase",
                                                            (PyObject *)TransportBaseType) < 0) {
         Py_DECREF(module);

@@ -28,6 +28,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+
+#include "../_cbase.h"
 #include <string.h>
 #include <sys/socket.h>
 
@@ -962,35 +964,20 @@ PyMODINIT_FUNC PyInit__speedups(void)
         return NULL;
     }
     for (int i = 0; i < N_BASE_SLOTS; i++) {
-        PyObject *descr = PyObject_GetAttrString(base, base_slot_names[i]);
-        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            Py_XDECREF(descr);
+        if ((base_slot[i] = cbase_slot_offset(base, base_slot_names[i])) < 0) {
             Py_DECREF(base);
-            PyErr_Format(PyExc_ImportError, "_FlowControlMixin.%s is not a slot",
-                         base_slot_names[i]);
             return NULL;
         }
-        base_slot[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_DECREF(descr);
     }
-    Py_ssize_t base_size = ((PyTypeObject *)base)->tp_basicsize;
-    core_offset = (base_size + (Py_ssize_t)_Alignof(Core) - 1) & ~((Py_ssize_t)_Alignof(Core) - 1);
-    T_spec.basicsize = (int)(core_offset + sizeof(Core));
-    for (size_t i = 0; i < sizeof(member_field) / sizeof(member_field[0]); i++)
-        T_members[i].offset = core_offset + member_field[i];
-
-    PyObject *bases = PyTuple_Pack(1, base);
-    Py_DECREF(base);
-    if (bases == NULL)
-        return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) {
-        Py_DECREF(bases);
+        Py_DECREF(base);
         return NULL;
     }
-    CoreType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &T_spec, bases);
-    Py_DECREF(bases);
+    CoreType = cbase_create(module, &T_spec, base, T_members, member_field,
+                            sizeof(member_field) / sizeof(member_field[0]), sizeof(Core),
+                            _Alignof(Core), &core_offset);
+    Py_DECREF(base);
     if (CoreType == NULL ||
         PyModule_AddObjectRef(module, "TransportCore", (PyObject *)CoreType) < 0) {
         Py_DECREF(module);
