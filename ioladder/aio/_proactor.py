@@ -482,7 +482,11 @@ class UringProactor:
     # ------------------------------------------------------------------ ring ownership
 
     def _new_ring(self) -> None:
-        self._ring = uring.Ring(self._entries)
+        # register_fd=False: a loop may move to another thread (bind()), which drops the old
+        # ring from there; a registered ring fd can only be unregistered by the thread that
+        # registered it, so the old ring would stay open, its armed accepts still queued on
+        # the listeners and taking wake-ups meant for the new ring's.
+        self._ring = uring.Ring(self._entries, register_fd=False)
         self._owner = threading.get_native_id()
         self._bufring = None
 
