@@ -50,6 +50,8 @@ from typing import Any
 
 from ioladder.kernel import uring
 
+from ._speedups import dispatch as _dispatch
+
 logger = logging.getLogger("ioladder.aio")
 
 POLLIN = uring.EPOLLIN
@@ -564,15 +566,10 @@ class UringProactor:
         return []
 
     def dispatch(self, cqes: list[tuple[Any, int, int]]) -> None:
-        it = iter(cqes)
-        for ctx, res, flags in it:
-            try:
-                ctx(res, flags)
-            except (SystemExit, KeyboardInterrupt):
-                self._backlog[:0] = list(it)
-                raise
-            except BaseException as exc:
-                self._handler_error(exc, ctx)
+        """``ctx(res, flags)`` for each completion (the loop's own ``_speedups.dispatch``): an
+        exception goes to :meth:`_handler_error`; SystemExit and KeyboardInterrupt put the
+        completions not yet dispatched back in front of ``_backlog`` and propagate."""
+        _dispatch(cqes, self)
 
     def _handler_error(self, exc: BaseException, ctx: Any) -> None:
         loop = self._loop
