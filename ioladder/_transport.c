@@ -37,6 +37,7 @@
 #include <structmember.h>
 
 #include "_cbase.h"
+#include "_sendgate.h"
 #include <pythread.h>
 #include <time.h>
 #include <errno.h>
@@ -51,8 +52,9 @@ typedef struct {
     Py_ssize_t buffer_size; /* _buffer_size */
     Py_ssize_t high;        /* _high */
     Py_ssize_t low;         /* _low */
-    double last_activity;   /* last_activity (time.monotonic() clock) */
+    double last_activity;   /* last_activity (time.monotonic() clock), kept while clocked */
     PyObject *send_gate;    /* _send_gate: try a synchronous send when gate.sync_send is true */
+    const ioladder_sendgate *gate_c; /* the gate type's C entry (_sendgate.h), or NULL */
     unsigned long ctx_tid;  /* _ctx_tid: the one thread that is the context; 0: ask the driver */
     int fd;                 /* _fd */
     char sending;           /* _sending */
@@ -64,6 +66,8 @@ typedef struct {
     char released;          /* _released */
     char buffered;          /* _buffered */
     char writing_paused;    /* _writing_paused */
+    char clocked;           /* _clocked: stamp last_activity as bytes move (an idle timeout
+                             * reads it); off, the hot path makes no clock call */
 } Core;
 
 static Py_ssize_t core_offset;   /* where Core starts in an instance */
@@ -84,6 +88,13 @@ static inline double now_monotonic(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);  /* the clock time.monotonic() reads */
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The activity stamp: a clock read only when someone reads the stamp (an idle timeout). */
+static inline void touch(Core *c)
+{
+    if (c->clocked)
+        c->last_activity = now_monotonic();
 }
 
 static inline int is_filespan(PyObject *o) { return (PyObject *)Py_TYPE(o) == FileSpanType; }
@@ -191,11 +202,16 @@ static PyObject *T_write(PyObject *self, PyObject *data)
  * told); 1: *chunk (replaced by the unsent rest) and *n are left for the driver; -1: error. */
 static int try_send(PyObject *self, Core *c, PyObject **chunk, Py_ssize_t *n)
 {
-    PyObject *open = PyObject_GetAttr(c->send_gate, s_sync_send);
-    if (open == NULL)
-        return -1;
-    int ok = PyObject_IsTrue(open);
-    Py_DECREF(open);
+    int ok;
+    if (c->gate_c)
+        ok = c->gate_c->sync_send(c->send_gate);
+    else {
+        PyObject *open = PyObject_GetAttr(c->send_gate, s_sync_send);
+        if (open == NULL)
+            return -1;
+        ok = PyObject_IsTrue(open);
+        Py_DECREF(open);
+    }
     if (ok <= 0)
         return ok < 0 ? -1 : 1;
     ssize_t sent;
@@ -215,7 +231,7 @@ static int try_send(PyObject *self, Core *c, PyObject **chunk, Py_ssize_t *n)
         Py_DECREF(value);
         return rc < 0 ? -1 : 0;
     }
-    c->last_activity = now_monotonic();
+    touch(c);
     if (sent == *n)
         return 0;
     if (sent > 0) {
@@ -290,7 +306,7 @@ static PyObject *T_on_data(PyObject *self, PyObject *data)
     Core *c = CORE(self);
     if (c->closing || c->eof)
         Py_RETURN_NONE;
-    c->last_activity = now_monotonic();
+    touch(c);
     if (c->paused) {
         if (call_void(self, s_hold, data) < 0)
             return NULL;
@@ -428,7 +444,7 @@ static PyObject *T_on_sent(PyObject *self, PyObject *arg)
             PyErr_SetString(PyExc_IndexError, "_on_sent() with an empty write buffer");
             return NULL;
         }
-        c->last_activity = now_monotonic();
+        touch(c);
         PyObject *chunk = Py_NewRef(PyList_GET_ITEM(buf, 0));
         Py_ssize_t len = chunk_len(chunk);
         if (len < 0) {
@@ -518,6 +534,7 @@ static int T_clear(PyObject *self)
     Py_CLEAR(*EXTRA(self));
     Py_CLEAR(c->protocol);
     Py_CLEAR(c->send_gate);
+    c->gate_c = NULL;
     Py_CLEAR(c->driver);
     return 0;
 }
@@ -553,7 +570,6 @@ static PyMemberDef T_members[] = {
     M("_high", T_PYSSIZET, high),
     M("_low", T_PYSSIZET, low),
     M("last_activity", T_DOUBLE, last_activity),
-    M("_send_gate", T_OBJECT, send_gate),
     M("_ctx_tid", T_ULONG, ctx_tid),
     M("_fd", T_INT, fd),
     M("_sending", T_BOOL, sending),
@@ -565,21 +581,56 @@ static PyMemberDef T_members[] = {
     M("_released", T_BOOL, released),
     M("_buffered", T_BOOL, buffered),
     M("_writing_paused", T_BOOL, writing_paused),
+    M("_clocked", T_BOOL, clocked),
     {NULL},
 };
 static const Py_ssize_t member_field[] = {
     offsetof(Core, protocol), offsetof(Core, driver), offsetof(Core, buffer),
     offsetof(Core, buffer_size), offsetof(Core, high), offsetof(Core, low),
-    offsetof(Core, last_activity), offsetof(Core, send_gate), offsetof(Core, ctx_tid),
+    offsetof(Core, last_activity), offsetof(Core, ctx_tid),
     offsetof(Core, fd), offsetof(Core, sending),
     offsetof(Core, closing), offsetof(Core, eof_requested), offsetof(Core, shut_wr),
     offsetof(Core, paused), offsetof(Core, eof), offsetof(Core, released),
-    offsetof(Core, buffered), offsetof(Core, writing_paused),
+    offsetof(Core, buffered), offsetof(Core, writing_paused), offsetof(Core, clocked),
 };
 
 _Static_assert(sizeof(member_field) / sizeof(member_field[0]) ==
                    sizeof(T_members) / sizeof(T_members[0]) - 1,
                "T_members and member_field must list the same fields in the same order");
+
+/* _send_gate: a plain attribute to Python; setting it also looks up the gate type's C entry. */
+static PyObject *T_get_send_gate(PyObject *self, void *closure)
+{
+    PyObject *g = CORE(self)->send_gate;
+    return Py_NewRef(g ? g : Py_None);
+}
+
+static int T_set_send_gate(PyObject *self, PyObject *value, void *closure)
+{
+    Core *c = CORE(self);
+    const ioladder_sendgate *gate_c = NULL;
+    if (value != NULL && value != Py_None) {
+        PyObject *cap = PyObject_GetAttrString((PyObject *)Py_TYPE(value), SENDGATE_ATTR);
+        if (cap != NULL && PyCapsule_IsValid(cap, SENDGATE_CAPSULE))
+            gate_c = PyCapsule_GetPointer(cap, SENDGATE_CAPSULE);
+        Py_XDECREF(cap);
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();  /* no C entry: write() reads gate.sync_send */
+        }
+    }
+    c->gate_c = gate_c;
+    Py_XSETREF(c->send_gate, Py_XNewRef(value));
+    return 0;
+}
+
+static PyGetSetDef T_getset[] = {
+    {"_send_gate", T_get_send_gate, T_set_send_gate,
+     "the driver's send gate: None, or an object whose sync_send says whether write() may "
+     "try a synchronous send right now", NULL},
+    {NULL},
+};
 
 static PyType_Slot T_slots[] = {
     {Py_tp_doc, "The C core of ioladder.transport.Transport (see ioladder/_transport.c)."},
@@ -588,6 +639,7 @@ static PyType_Slot T_slots[] = {
     {Py_tp_dealloc, T_dealloc},
     {Py_tp_methods, T_methods},
     {Py_tp_members, T_members},
+    {Py_tp_getset, T_getset},
     {0, NULL},
 };
 

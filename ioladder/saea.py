@@ -434,8 +434,8 @@ class CompletionEngine:
     def stop(self) -> None:
         """Ask the loop to end after its current pass (thread-safe, returns at once)."""
         self._running = False
-        if self._ring is not None and threading.get_ident() != self._tid:
-            self._ring.wake()
+        if self._ring is not None:
+            self._ring.wake()  # also from the engine thread: its dispatch may run on in C
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the loop, close the ring (cancelling pending ops) and join the thread."""
@@ -498,6 +498,7 @@ class CompletionEngine:
         many = self.coalesce_batch
         method = "_complete"
         failed = self._handler_failed
+        until = (calls, timers)
         n = 0  # completions the last pass delivered
         while self._running:
             # One enter, then every completion's ctx._complete(res, flags), called from C.
@@ -512,7 +513,9 @@ class CompletionEngine:
             elif timers:
                 n = dispatch(1, max(0.0, timers[0][0] - monotonic()), method, failed)
             else:
-                n = dispatch(1, None, method, failed)
+                # The steady state: pass after pass in C until a call or a timer is queued or
+                # the ring is woken (stop() wakes it, even from this thread).
+                n = dispatch(1, None, method, failed, until)
             if timers:
                 now = monotonic()
                 while timers and timers[0][0] <= now:

@@ -166,8 +166,11 @@ class Transport(TransportBase):
         #: the driver's send gate (see ioladder/_transport.c): None, or an object whose
         #: ``sync_send`` says whether write() may try a synchronous send right now.
         self._send_gate = None
-        #: monotonic time of the last byte moved either way (idle timeout).
+        #: monotonic time of the last byte moved either way, kept only while ``_clocked``
+        #: (the server has an idle timeout, whose reaper reads it): otherwise the per-message
+        #: path makes no clock call and this stays the connection's start time.
         self.last_activity = _monotonic()
+        self._clocked = core is not None and core.idle_timeout is not None
         #: per-connection state owned by the rung's driver.
         self.rung_data: Any = None
         #: (bytes in the kernel the peer has not acknowledged, when last looked at): how the

@@ -41,6 +41,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "../_sendgate.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -2046,7 +2047,8 @@ static ul_sig sig_wait = {"wait",
                           3, 0, NULL, 0};
 static ul_sig sig_reap = {"reap", (const char *const[]){"max_complete", NULL}, 1, 0, NULL, 0};
 static ul_sig sig_dispatch = {
-    "dispatch", (const char *const[]){"min_complete", "timeout", "method", "on_error", NULL}, 4, 0,
+    "dispatch",
+    (const char *const[]){"min_complete", "timeout", "method", "on_error", "until", NULL}, 5, 0,
     NULL, 0};
 
 static ul_sig *all_sigs[] = {
@@ -2708,6 +2710,7 @@ typedef struct {
     PyObject *method; /* dispatch(): interned method name, or NULL to call ctx itself */
     PyObject *on_error; /* dispatch(): on_error(exc, ctx) for an Exception, or NULL: stop */
     Py_ssize_t have;  /* completions collected (wait) or delivered (dispatch) so far */
+    int woken;        /* the last wait loop ended on wake() */
 } ul_sink;
 
 /* dispatch() frames active on this thread (a stack on the C stack), for the re-entry check. */
@@ -2976,6 +2979,7 @@ static int wait_loop(RingObject *r, ul_sink *k, long long min_complete, long lon
         raise_enter_error(err);
         return -1;
     }
+    k->woken = woken;
     return 0;
 }
 
@@ -3035,7 +3039,7 @@ static PyObject *Ring_wait(RingObject *r, PyObject *const *args, Py_ssize_t narg
 static PyObject *Ring_dispatch(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames)
 {
-    PyObject *a[4];
+    PyObject *a[5];
     if (ring_check(r) < 0 || check_not_dispatching(r, "dispatch") < 0)
         return NULL;
     if (ul_parse(&sig_dispatch, args, nargs, kwnames, a) < 0)
@@ -3054,22 +3058,48 @@ static PyObject *Ring_dispatch(RingObject *r, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "on_error must be None or callable");
         return NULL;
     }
+    PyObject *until = a[4] && a[4] != Py_None ? a[4] : NULL;
+    if (until && !PyTuple_Check(until)) {
+        PyErr_SetString(PyExc_TypeError, "until must be None or a tuple of containers");
+        return NULL;
+    }
+    if (until && min_complete < 1) {
+        PyErr_SetString(PyExc_ValueError, "until needs min_complete >= 1 (passes that never "
+                                          "wait would spin)");
+        return NULL;
+    }
     Py_XINCREF(method);
     Py_XINCREF(on_error);
-    ul_sink k = {NULL, method, on_error, 0};
+    Py_XINCREF(until);
+    ul_sink k = {NULL, method, on_error, 0, 0};
     ul_dframe frame = {r, ul_tls_dispatch};
     ul_tls_dispatch = &frame;
     busy_enter(r);
     int rc = dispatch_backlog(r, &k);
-    if (rc == 0)
+    Py_ssize_t total = 0;
+    while (rc == 0) {
         rc = wait_loop(r, &k, min_complete, 0, has_timeout, deadline);
+        total += k.have;
+        k.have = 0; /* each pass waits for min_complete of its own */
+        /* until: pass after pass, as long as nothing asks for the caller (see the doc). */
+        if (rc < 0 || !until || k.woken || r->closing || r->closed ||
+            (has_timeout && now_ns() >= deadline))
+            break;
+        for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(until); i++) {
+            int t = PyObject_IsTrue(PyTuple_GET_ITEM(until, i));
+            rc = t < 0 ? -1 : t ? 1 : 0;
+        }
+    }
+    if (rc > 0)
+        rc = 0;
     busy_exit(r);
     ul_tls_dispatch = frame.prev;
     Py_XDECREF(method);
     Py_XDECREF(on_error);
+    Py_XDECREF(until);
     if (rc < 0)
         return NULL;
-    return PyLong_FromSsize_t(k.have);
+    return PyLong_FromSsize_t(total);
 }
 
 static PyObject *Ring_reap(RingObject *r, PyObject *const *args, Py_ssize_t nargs,
@@ -3286,7 +3316,12 @@ static PyMethodDef Ring_methods[] = {
      "next wait()/reap()/dispatch() delivers first (without blocking), and the exception "
      "propagates. Callbacks may prepare "
      "ops, submit() and close() the ring; calling wait()/reap()/dispatch() on the same ring "
-     "from a callback raises RuntimeError. Sets the ring's batch (see Ring.batch)."},
+     "from a callback raises RuntimeError. Sets the ring's batch (see Ring.batch).\n\n"
+     "until: a tuple of containers (say a loop's call queue and timer heap). With it, "
+     "dispatch() runs pass after pass -- each one as above -- and returns only when a pass "
+     "leaves one of them non-empty, ended on wake(), or the timeout passed; the count is the "
+     "total. An event loop's steady state then never leaves C between passes; anything that "
+     "must end the run adds to a container or calls wake()."},
     {"wake", (PyCFunction)Ring_wake, METH_NOARGS,
      "wake() -> None\n\nEnd one blocked wait() (possibly with an empty list). Any thread; wakes "
      "may coalesce."},
@@ -3431,10 +3466,17 @@ static PyObject *Ring_get_batch(RingObject *r, void *c)
     (void)c;
     return PyLong_FromSsize_t(r->batch);
 }
+static int ring_sync_send(PyObject *o)
+{
+    RingObject *r = (RingObject *)o;
+    return r->batch > 0 && r->batch <= r->sync_send_batch;
+}
+/* A transport asks its gate with a C call (ioladder/_sendgate.h), not through sync_send. */
+static const ioladder_sendgate ring_sendgate = {ring_sync_send};
 static PyObject *Ring_get_sync_send(RingObject *r, void *c)
 {
     (void)c;
-    return PyBool_FromLong(r->batch > 0 && r->batch <= r->sync_send_batch);
+    return PyBool_FromLong(ring_sync_send((PyObject *)r));
 }
 static PyObject *Ring_get_sync_send_batch(RingObject *r, void *c)
 {
@@ -3964,6 +4006,15 @@ PyMODINIT_FUNC PyInit__uring(void)
         return NULL;
     if (!s_on_data && !(s_on_data = PyUnicode_InternFromString("_on_data")))
         return NULL;
+    if (!PyDict_GetItemString(Ring_Type.tp_dict, SENDGATE_ATTR)) {
+        PyObject *cap = PyCapsule_New((void *)&ring_sendgate, SENDGATE_CAPSULE, NULL);
+        if (!cap || PyDict_SetItemString(Ring_Type.tp_dict, SENDGATE_ATTR, cap) < 0) {
+            Py_XDECREF(cap);
+            return NULL;
+        }
+        Py_DECREF(cap);
+        PyType_Modified(&Ring_Type);
+    }
     PyObject *m = PyModule_Create(&uring_module);
     if (!m)
         return NULL;

@@ -363,3 +363,74 @@ def test_batch_and_send_gate(ring):
     assert ring.batch == 3  # the last batch, until the next one
     with pytest.raises(ValueError):
         ring.sync_send_batch = -1
+
+
+# ------------------------------------------------------------------ until: passes in C
+
+
+def test_until_runs_pass_after_pass_until_a_container_fills(ring):
+    """Each callback posts the next nop (a new pass each time); the fifth fills the queue."""
+    queue: list = []
+    seen: list = []
+
+    def step(res, flags):
+        seen.append(res)
+        if len(seen) < 5:
+            ring.prep_nop(step)
+        else:
+            queue.append("call me")
+
+    ring.prep_nop(step)
+    assert ring.dispatch(1, None, None, None, (queue, [])) == 5
+    assert seen == [0] * 5 and queue == ["call me"]
+
+
+def test_until_returns_on_wake_from_another_thread(ring):
+    waker = threading.Timer(0.2, ring.wake)
+    waker.start()
+    try:
+        t0 = time.monotonic()
+        assert ring.dispatch(1, None, None, None, ([],)) == 0  # the wake is not delivered
+        assert 0.1 < time.monotonic() - t0 < 5.0
+    finally:
+        waker.cancel()
+        waker.join()
+
+
+def test_until_returns_on_wake_from_a_callback(ring):
+    """A callback that must end the run from the dispatching thread itself calls wake()."""
+    seen: list = []
+
+    def step(res, flags):
+        seen.append(res)
+        if len(seen) == 3:
+            ring.wake()
+        ring.prep_nop(step)  # more work would always be there: only the wake ends the run
+
+    ring.prep_nop(step)
+    assert ring.dispatch(1, 5.0, None, None, ([],)) >= 3
+    assert len(seen) >= 3  # the nop still prepared is cancelled when the fixture closes the ring
+
+
+def test_until_returns_at_the_timeout(ring):
+    t0 = time.monotonic()
+    assert ring.dispatch(1, 0.2, None, None, ([],)) == 0
+    assert 0.15 < time.monotonic() - t0 < 5.0
+
+
+def test_until_a_raising_callback_ends_the_run_and_loses_nothing(ring):
+    log: list = []
+    ring.prep_nop(Ctx("a", log, raise_exc=ValueError("boom")))
+    ring.prep_nop(Ctx("b", log))
+    with pytest.raises(ValueError, match="boom"):
+        ring.dispatch(2, None, "_complete", None, ([],))
+    assert ring.dispatch(0, 0.0, "_complete") == 1  # b, from the backlog
+    assert [name for name, _, _ in log] == ["a", "b"]
+
+
+def test_until_argument_checks(ring):
+    with pytest.raises(TypeError, match="tuple"):
+        ring.dispatch(1, None, None, None, [[]])
+    with pytest.raises(ValueError, match="min_complete >= 1"):
+        ring.dispatch(0, None, None, None, ([],))
+    assert ring.inflight == 0
