@@ -12,11 +12,11 @@ CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wn
 setup(
     ext_modules=[
         Extension("ioladder._transport", ["ioladder/_transport.c"],
-                  depends=["ioladder/_cbase.h", "ioladder/_sendgate.h"], extra_compile_args=CFLAGS),
+                  depends=["ioladder/_cbase.h", "ioladder/_mcache.h", "ioladder/_sendgate.h"], extra_compile_args=CFLAGS),
         Extension("ioladder.aio._speedups", ["ioladder/aio/_speedups.c"],
                   depends=["ioladder/_cbase.h"], extra_compile_args=CFLAGS),
         Extension("ioladder.kernel._uring", ["ioladder/kernel/_uring.c"],
-                  depends=["ioladder/_sendgate.h"], extra_compile_args=CFLAGS),
+                  depends=["ioladder/_mcache.h", "ioladder/_sendgate.h"], extra_compile_args=CFLAGS),
         Extension("ioladder.bench._loadgen", ["ioladder/bench/_loadgen.c"], extra_compile_args=CFLAGS),
     ],
 )

@@ -37,6 +37,7 @@
 #include <structmember.h>
 
 #include "_cbase.h"
+#include "_mcache.h"
 #include "_sendgate.h"
 #include <pythread.h>
 #include <time.h>
@@ -315,8 +316,12 @@ static PyObject *T_on_data(PyObject *self, PyObject *data)
     PyObject *r;
     if (c->buffered)
         r = PyObject_CallMethodOneArg(self, s_feed_buffered, data);
-    else if (c->protocol != NULL)
-        r = call_field(c->protocol, "protocol", s_data_received, data);
+    else if (c->protocol != NULL) {
+        static mcache data_received_cache;
+        PyObject *protocol = Py_NewRef(c->protocol); /* set_protocol() may replace it */
+        r = mcache_call1(&data_received_cache, protocol, s_data_received, data);
+        Py_DECREF(protocol);
+    }
     else
         r = PyObject_GetAttr(Py_None, s_data_received);  /* raises AttributeError, as Python would */
     if (r != NULL) {

@@ -41,6 +41,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "../_mcache.h"
 #include "../_sendgate.h"
 
 #include <arpa/inet.h>
@@ -2673,6 +2674,21 @@ static PyTypeObject RecvContext_Type = {
     .tp_members = RecvContext_members,
 };
 
+/* PyObject_TypeCheck(ctx, &RecvContext_Type) with the last subclass that passed remembered (a
+ * strong reference, so the pointer stays that type): no MRO walk per completion for the one
+ * class a driver uses. A RecvContext subclass stays one: its C layout pins the base. */
+static PyTypeObject *recv_ctx_last;
+static inline int is_recv_context(PyObject *ctx)
+{
+    PyTypeObject *tp = Py_TYPE(ctx);
+    if (tp == recv_ctx_last || tp == &RecvContext_Type)
+        return 1;
+    if (!PyType_IsSubtype(tp, &RecvContext_Type))
+        return 0;
+    Py_XSETREF(recv_ctx_last, (PyTypeObject *)Py_NewRef(tp));
+    return 1;
+}
+
 /* dispatch()'s fast path for a RecvContext: 1 delivered (or raised: -1), 0 not applicable. */
 static inline int recv_fast(RingObject *r, ul_done *d, PyObject *ctx, PyObject **data_conn)
 {
@@ -2688,9 +2704,8 @@ static inline int recv_fast(RingObject *r, ul_done *d, PyObject *ctx, PyObject *
     br_recycle(b, bid);
     *data_conn = conn ? conn : Py_None;
     Py_INCREF(*data_conn);
-    PyObject *a[3] = {NULL, *data_conn, data};
-    PyObject *ret =
-        PyObject_VectorcallMethod(s_on_data, a + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    static mcache on_data_cache;
+    PyObject *ret = mcache_call1(&on_data_cache, *data_conn, s_on_data, data);
     Py_DECREF(data);
     Py_DECREF(*data_conn);
     *data_conn = NULL;
@@ -2840,7 +2855,7 @@ static int harvest_dispatch(RingObject *r, ul_sink *k, int *woken)
             d[i].ctx = NULL;
             int rc = -1, fast = 0;
             if (d[i].bufring && !d[i].final && d[i].res > 0 && !r->closing &&
-                PyObject_TypeCheck(ctx, &RecvContext_Type)) {
+                is_recv_context(ctx)) {
                 /* A multishot receive's bytes (CQE_F_MORE: its slot, and so its buffer ring,
                  * stays alive): conn._on_data(bytes), no Python frame in between. */
                 PyObject *tmp = NULL;

@@ -153,3 +153,49 @@ def test_a_raising_data_received_aborts_that_connection_and_the_server_serves_on
     good = connect(srv.port)
     good.sendall(b"still here")
     assert recv_exactly(good, 10) == b"still here"
+
+
+class _Tagged(asyncio.Protocol):
+    """Echo with a tag; no instance __dict__, so the C core may cache its data_received."""
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"A" + data)  # type: ignore[attr-defined]
+
+
+def test_data_received_is_looked_up_as_python_would(server, connect):
+    """The C core calls data_received (and the rungs' receive path calls the transport's
+    _on_data) through a method cache; what it calls must be what ``protocol.data_received``
+    names at that moment: a class patched mid-connection, an instance attribute shadowing the
+    class (a protocol with a __dict__)."""
+
+    class Tagged(_Tagged):
+        __slots__ = ()
+
+    srv = server(Tagged)
+    sock = connect(srv.port)
+    for _ in range(3):  # warm: the call site has cached Tagged.data_received
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 2) == b"Ax"
+    Tagged.data_received = lambda self, data: self.transport.write(b"B" + data)  # type: ignore[method-assign]
+    sock.sendall(b"y")
+    assert recv_exactly(sock, 2) == b"By"
+
+    class Shadowed(asyncio.Protocol):  # has a __dict__: an instance attribute wins
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.data_received = lambda data: transport.write(b"I" + data)  # type: ignore[attr-defined,method-assign]
+
+        def data_received(self, data: bytes) -> None:
+            raise AssertionError("the class method ran instead of the instance attribute")
+
+    srv2 = server(Shadowed)
+    sock2 = connect(srv2.port)
+    for _ in range(3):
+        sock2.sendall(b"z")
+        assert recv_exactly(sock2, 2) == b"Iz"
+    sock.sendall(b"w")  # and back on the first server: the cache follows the class again
+    assert recv_exactly(sock, 2) == b"Bw"
