@@ -20,7 +20,8 @@
  * .NET ``SendAsync`` that completes synchronously. Only the bytes the socket does not take
  * go to the driver. The saea rung opens the gate while its completion batches are small
  * (one send syscall is cheaper than a send completion's round through the loop) and closes
- * it under load, where one io_uring_enter submits many sends.
+ * it under load, where one io_uring_enter submits many sends. A gate type may publish a C
+ * entry (``_sendgate.h``; the ring does), asked instead of the attribute.
  *   _on_data(data)       protocol.data_received(data); _hold(data) while paused,
  *                        _feed_buffered(data) for BufferedProtocol, _fatal_error on a raise
  *   _next_chunk()        the buffer's head, small chunks coalesced (up to COALESCE bytes)

@@ -1,6 +1,6 @@
 """Type stub for the io_uring C extension (see ioladder/kernel/uring.py for the design)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from types import TracebackType
 from typing import Any
 
@@ -184,6 +184,7 @@ class Ring:
         timeout: float | None = None,
         method: str | None = None,
         on_error: Callable[[Exception, Any], object] | None = None,
+        until: tuple[Sized, ...] | None = None,
     ) -> int:
         """``wait()`` without the list: submit, block (GIL released) until ``min_complete``
         completions, the timeout or ``wake()``, then call ``ctx.<method>(res, flags)`` -- or
@@ -204,8 +205,15 @@ class Ring:
         already reaped would be delivered out of order). Each reaped chunk sets :attr:`batch`
         before its first callback.
 
+        ``until``: a tuple of containers (a loop's call queue and timer heap, say). With it,
+        ``dispatch()`` runs pass after pass, each one as above, and returns only when a pass
+        leaves one of them non-empty, ends on ``wake()``, or the timeout passed; it returns the
+        total delivered. An event loop's steady state then stays in C between passes; whatever
+        must end the run adds to a container or calls ``wake()`` (also allowed from a callback).
+        Needs ``min_complete >= 1``.
+
         Generic on purpose: the ``saea`` engine calls ``dispatch(1, None, "_complete",
-        on_error)``; an event loop whose ctxs are callables (the ``aio`` loop's
+        on_error, (calls, timers))``; an event loop whose ctxs are callables (the ``aio`` loop's
         ``ctx(res, flags)``) can pass ``method=None`` and keep its own error handling.
         """
     def wake(self) -> None: ...

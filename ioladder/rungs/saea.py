@@ -58,6 +58,9 @@ a ``RecvContext``), ``data_received``, then a synchronous send (small batches) o
 and its completion (large batches); no Python object survives the round trip
 (``tests/saea/test_saea_rung.py`` checks it with ``tracemalloc``).
 
+Between passes nothing runs in Python while no call or timer is queued: the engine's
+``Ring.dispatch(..., until=(calls, timers))`` runs the passes back to back in C.
+
 Threads: one, the completion engine's (:class:`ioladder.saea.CompletionEngine`); every
 connection's context is that thread, so callbacks never overlap; calls from other threads are
 queued to it and the ring is woken through its eventfd.
