@@ -53,7 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ioladder: --workers must be >= 1", file=sys.stderr)
         return 2
     root = os.path.abspath(args.root) if args.root is not None else None
-    options = AppOptions(root=root, workers=args.workers)
+    if args.header_timeout is not None and not args.header_timeout >= 0:
+        print("ioladder: --header-timeout must be >= 0 seconds (0: no limit)", file=sys.stderr)
+        return 2
+    options = AppOptions(root=root, workers=args.workers, header_timeout=args.header_timeout)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
                    help="LingerOption: 0 = reset on close, N = close waits up to N s")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                   help="--app http/files: seconds a client has to send a request's head, "
+                        "then 408 and close (default 30; 0: no limit)")
     p.add_argument("--root", default=None, metavar="DIR",
                    help="directory served by --app http (under /static/) and --app files "
                         "(the whole tree; default: the current directory)")

@@ -31,10 +31,13 @@ class AppOptions:
     ``root``: directory served by ``http`` (under ``/static/``) and ``files`` (the whole tree;
     default: the current directory). ``workers``: how many worker processes serve the app
     (``http``/``files`` add an ``X-Worker-Pid`` header when it is above 1).
+    ``header_timeout``: seconds ``http``/``files`` give a client to send a request's head
+    (then 408 and close); None: the apps' default (30 s), 0: no limit.
     """
 
     root: str | None = None
     workers: int = 1
+    header_timeout: float | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> AppOptions:

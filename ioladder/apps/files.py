@@ -13,14 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .http import HttpConfig
+from .http import HttpConfig, header_timeout_option
 
 
 def build_files(options: Any) -> HttpConfig:
     """The ``files`` app rooted at ``options.root`` (default: the current directory)."""
     root = options.root if options.root is not None else os.getcwd()
     return HttpConfig(root=root, static_prefix="/", routes=False,
-                      worker_pid=options.workers > 1)
+                      worker_pid=options.workers > 1,
+                      header_timeout=header_timeout_option(options))
 
 
 def make_files_factory(root: str | os.PathLike[str] | None = None, **kwargs: Any) -> HttpConfig:

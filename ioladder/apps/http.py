@@ -704,10 +704,19 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.pause_reading()
 
 
+def header_timeout_option(options: Any) -> float | None:
+    """``AppOptions.header_timeout`` as :class:`HttpConfig` takes it (None there: no limit)."""
+    value = getattr(options, "header_timeout", None)
+    if value is None:
+        return DEFAULT_HEADER_TIMEOUT
+    return value if value != 0 else None
+
+
 def build_http(options: Any) -> HttpConfig:
     """The ``http`` app: ``/``, ``/echo`` and ``/static/`` under ``options.root`` (if given)."""
     return HttpConfig(root=options.root, static_prefix="/static/", routes=True,
-                      worker_pid=options.workers > 1)
+                      worker_pid=options.workers > 1,
+                      header_timeout=header_timeout_option(options))
 
 
 def make_http_factory(root: str | os.PathLike[str] | None = None, **kwargs: Any) -> HttpConfig:
@@ -715,5 +724,5 @@ def make_http_factory(root: str | os.PathLike[str] | None = None, **kwargs: Any)
     return HttpConfig(root=root, **kwargs)
 
 
-__all__ = ["HttpConfig", "HttpProtocol", "StaticRoot", "build_http", "http_date",
-           "make_http_factory", "FILE_CHUNK", "HELLO_BODY"]
+__all__ = ["HttpConfig", "HttpProtocol", "StaticRoot", "build_http", "header_timeout_option",
+           "http_date", "make_http_factory", "FILE_CHUNK", "HELLO_BODY"]

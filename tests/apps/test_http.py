@@ -701,3 +701,64 @@ def test_header_timeout_spares_slow_but_complete_requests_and_idle_keep_alive() 
     assert tr.out.endswith(b"408 Request Timeout\n") and tr.closed
     with pytest.raises(ValueError):
         HttpConfig(header_timeout=0)
+
+
+def test_header_timeout_option_of_the_builders() -> None:
+    from ioladder.apps import AppOptions
+    from ioladder.apps.files import build_files
+    from ioladder.apps.http import DEFAULT_HEADER_TIMEOUT, build_http
+
+    for build in (build_http, build_files):
+        assert build(AppOptions()).header_timeout == DEFAULT_HEADER_TIMEOUT
+        assert build(AppOptions(header_timeout=0.5)).header_timeout == 0.5
+        assert build(AppOptions(header_timeout=0)).header_timeout == float("inf")  # no limit
+        with pytest.raises(ValueError):
+            build(AppOptions(header_timeout=-1.0))
+
+
+def test_serve_cli_header_timeout_ends_a_trickled_head_with_408() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "ioladder", "serve", "--app", "http",
+                          "--header-timeout", "-1", "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--header-timeout" in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "ioladder", "serve", "--app", "http",
+                             "--model", "epoll", "--port", "0", "--header-timeout", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+) ", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with Client(int(m.group(1))) as slow:
+            start = time.monotonic()
+            for i in range(40):  # a head trickled a line at a time (checked as bytes arrive)
+                try:
+                    slow.send(b"GET / HTTP/1.1\r\n" if i == 0 else b"X-%d: y\r\n" % i)
+                except OSError:
+                    break  # the server closed: its answer is queued for us
+                time.sleep(0.05)
+            slow.sock.settimeout(5.0)
+            answer = b""
+            try:
+                while chunk := slow.sock.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+            assert 0.3 <= time.monotonic() - start < 3.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
