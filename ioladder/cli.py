@@ -45,6 +45,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``ioladder serve``'s idle timeout for the HTTP apps when none is given, seconds (nginx's
+#: keep-alive default): a client that opens a connection, or begins a request head, and then
+#: goes silent does not hold it forever. The raw TCP apps have none by default.
+HTTP_IDLE_TIMEOUT = 75.0
+
+
+def serve_idle_timeout(app: str, given: float | None) -> float | None:
+    """The idle timeout ``ioladder serve`` uses: ``--idle-timeout`` (0: none), else the
+    app's default (``HTTP_IDLE_TIMEOUT`` for ``http``/``files``, none for the others)."""
+    if given is None:
+        return HTTP_IDLE_TIMEOUT if app in ("http", "files") else None
+    return given if given > 0 else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .apps import AppOptions, make_factory
     from .server import serve
@@ -53,6 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ioladder: --workers must be >= 1", file=sys.stderr)
         return 2
     root = os.path.abspath(args.root) if args.root is not None else None
+    if args.idle_timeout is not None and not args.idle_timeout >= 0:
+        print("ioladder: --idle-timeout must be >= 0 seconds (0: none)", file=sys.stderr)
+        return 2
+    idle_timeout = serve_idle_timeout(args.app, args.idle_timeout)
     if args.header_timeout is not None and not args.header_timeout >= 0:
         print("ioladder: --header-timeout must be >= 0 seconds (0: no limit)", file=sys.stderr)
         return 2
@@ -69,14 +87,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             srv: Any = serve_workers(
                 args.app, args.host, args.port, workers=args.workers, model=args.model,
                 app_options=options, backlog=args.backlog,
-                max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                max_connections=args.max_connections, idle_timeout=idle_timeout,
                 linger=args.linger, shutdown_timeout=args.shutdown_timeout)
             how = f"{args.workers} workers (pids {', '.join(map(str, srv.pids))})"
         else:
             srv = serve(make_factory(args.app, options), args.host, args.port,
                         model=args.model, backlog=args.backlog,
                         max_connections=args.max_connections,
-                        idle_timeout=args.idle_timeout, linger=args.linger,
+                        idle_timeout=idle_timeout, linger=args.linger,
                         reuse_port=args.reuse_port)
             how = f"pid {os.getpid()}"
     except (ValueError, TypeError, RuntimeError, TimeoutError, OSError) as exc:
@@ -125,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--backlog", type=int, default=1024)
     p.add_argument("--max-connections", type=int, default=None)
-    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="close a connection after this long without a byte either way "
+                        f"(0: never; default: {HTTP_IDLE_TIMEOUT:g} s for --app http/files, "
+                        "never for the others)")
     p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
                    help="LingerOption: 0 = reset on close, N = close waits up to N s")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")

@@ -7,11 +7,17 @@ as a standard client. Every case is bounded in time and shuts its server down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -722,36 +728,64 @@ def test_header_timeout_option_of_the_builders() -> None:
             build(AppOptions(header_timeout=-1.0))
 
 
-def test_serve_cli_header_timeout_ends_a_trickled_head_with_408() -> None:
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    bad = subprocess.run([sys.executable, "-m", "ioladder", "serve", "--app", "http",
-                          "--header-timeout", "-1", "--port", "0"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--header-timeout" in bad.stderr
+@contextlib.contextmanager
+def serve_cli(*args: str) -> Iterator[int]:
+    """``ioladder serve --app http --model epoll --port 0 *args`` in a child process: yields
+    its port; at the end SIGTERM, which must make it exit 0 within 20 s."""
     proc = subprocess.Popen([sys.executable, "-m", "ioladder", "serve", "--app", "http",
-                             "--model", "epoll", "--port", "0", "--header-timeout", "0.3"],
+                             "--model", "epoll", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         m = re.search(r"127\.0\.0\.1:(\d+) ", line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        with Client(int(m.group(1))) as slow:
-            answer, took = trickle_head(slow, read_timeout=5.0)
-            assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
-            assert 0.3 <= took < 3.0, took
-    finally:
+        yield int(m.group(1))
         proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_serve_cli_rejects_negative_timeouts() -> None:
+    for flag in ("--header-timeout", "--idle-timeout"):
+        bad = subprocess.run([sys.executable, "-m", "ioladder", "serve", "--app", "http",
+                              flag, "-1", "--port", "0"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and flag in bad.stderr, (flag, bad.stderr)
+
+
+def test_serve_cli_header_timeout_ends_a_trickled_head_with_408() -> None:
+    with serve_cli("--header-timeout", "0.3") as port, Client(port) as slow:
+        answer, took = trickle_head(slow, read_timeout=5.0)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert 0.3 <= took < 3.0, took
+
+
+def test_serve_cli_idle_timeout_of_the_http_apps() -> None:
+    from ioladder.cli import HTTP_IDLE_TIMEOUT, serve_idle_timeout
+
+    assert serve_idle_timeout("http", None) == serve_idle_timeout("files", None) == HTTP_IDLE_TIMEOUT
+    assert serve_idle_timeout("echo", None) is None  # raw TCP apps: none unless asked
+    assert serve_idle_timeout("http", 0) is None and serve_idle_timeout("echo", 2.5) == 2.5
+    # A head begun and then silent (header_timeout is checked as bytes arrive): the idle
+    # timeout ends it, and a busy keep-alive connection beside it is spared.
+    with serve_cli("--idle-timeout", "0.5") as port, Client(port) as silent, \
+            Client(port) as busy:
+        silent.send(b"GET / HTTP/1.1\r\n")
+        start = time.monotonic()
+        silent.sock.settimeout(5.0)
+        while time.monotonic() - start < 1.0:
+            assert busy.request(get("/")).body == HELLO_BODY
+            time.sleep(0.1)
         try:
-            assert proc.wait(20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            rest = silent.sock.recv(65536)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"" and time.monotonic() - start < 4.0
+        assert busy.request(get("/")).body == HELLO_BODY
