@@ -51,12 +51,19 @@ def _dispatch_until(ring, cond, on_error=None):
     assert cond()
 
 
-def test_data_goes_to_on_data_and_the_end_to_the_method(bring, socks):
+def _armed(ring, socks, conn=None):
+    """A socket pair with a multishot receive armed on one end, its ctx holding ``conn``:
+    (the other end, the buffer ring, the ctx)."""
     a, b = socks.pair()
-    br = bring.buffer_ring(5, 8, 64)
-    conn = Conn()
+    br = ring.buffer_ring(5, 8, 64)
     ctx = Ctx(conn)
-    bring.prep_recv_multishot(a.fileno(), br, ctx)
+    ring.prep_recv_multishot(a.fileno(), br, ctx)
+    return b, br, ctx
+
+
+def test_data_goes_to_on_data_and_the_end_to_the_method(bring, socks):
+    conn = Conn()
+    b, br, ctx = _armed(bring, socks, conn)
     for msg in (b"one", b"two", b"three"):
         b.sendall(msg)
         _dispatch_until(bring, lambda m=msg: conn.data[-1:] == [m])
@@ -70,11 +77,8 @@ def test_data_goes_to_on_data_and_the_end_to_the_method(bring, socks):
 
 
 def test_wait_returns_recv_context_completions_as_tuples(bring, socks):
-    a, b = socks.pair()
-    br = bring.buffer_ring(5, 8, 64)
     conn = Conn()
-    ctx = Ctx(conn)
-    bring.prep_recv_multishot(a.fileno(), br, ctx)
+    b, br, ctx = _armed(bring, socks, conn)
     b.sendall(b"hello")
     ((got, res, flags),) = bring.wait(1, timeout=5)
     assert got is ctx and res == 5 and flags & uring.CQE_F_MORE and conn.data == []
@@ -82,12 +86,9 @@ def test_wait_returns_recv_context_completions_as_tuples(bring, socks):
 
 
 def test_on_data_raising_goes_to_on_error_or_propagates(bring, socks):
-    a, b = socks.pair()
-    br = bring.buffer_ring(5, 8, 64)
     conn = Conn(raise_on=b"bad")
-    ctx = Ctx(conn)
     errors: list = []
-    bring.prep_recv_multishot(a.fileno(), br, ctx)
+    b, br, ctx = _armed(bring, socks, conn)
     b.sendall(b"bad")
     _dispatch_until(bring, lambda: errors, lambda exc, c: errors.append((exc.args, c)))
     assert errors == [((b"bad",), ctx)]
@@ -102,11 +103,8 @@ def test_on_data_raising_goes_to_on_error_or_propagates(bring, socks):
 
 
 def test_unset_conn_raises_like_python_would(bring, socks):
-    a, b = socks.pair()
-    br = bring.buffer_ring(5, 8, 64)
-    ctx = Ctx()
+    b, br, ctx = _armed(bring, socks)
     assert ctx.conn is None
-    bring.prep_recv_multishot(a.fileno(), br, ctx)
     b.sendall(b"x")
     with pytest.raises(AttributeError, match="_on_data"):
         _dispatch_until(bring, lambda: False)
@@ -114,11 +112,8 @@ def test_unset_conn_raises_like_python_would(bring, socks):
 
 
 def test_refcounts_and_collection(bring, socks):
-    a, b = socks.pair()
-    br = bring.buffer_ring(5, 8, 64)
     conn = Conn()
-    ctx = Ctx(conn)
-    bring.prep_recv_multishot(a.fileno(), br, ctx)
+    b, br, ctx = _armed(bring, socks, conn)
     base = (sys.getrefcount(conn), sys.getrefcount(ctx), sys.getrefcount(br))
     for i in range(300):
         b.sendall(b"%d" % i)
