@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 HOST = "127.0.0.1"
 #: bytes asked of one client recv()/send()
 CHUNK = 256 * 1024
@@ -34,6 +36,14 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 # ------------------------------------------------------------------------------ waiting
+
+
+def soak(value: Any, timeout: float) -> Any:
+    """A ``parametrize`` value for the full soak of a case whose bounded version runs by
+    default: marked ``slow``, given ``timeout`` seconds, and run only with ``IOLADDER_SOAK=1``."""
+    return pytest.param(value, marks=[
+        pytest.mark.slow, pytest.mark.timeout(timeout),
+        pytest.mark.skipif(not os.environ.get("IOLADDER_SOAK"), reason="set IOLADDER_SOAK=1")])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> bool:

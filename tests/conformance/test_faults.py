@@ -25,6 +25,7 @@ from .support import (
     recv_until_end,
     reset_close,
     round_trip,
+    soak,
     wait_until,
 )
 
@@ -154,12 +155,7 @@ HELD = 200
 SOAK_HELD = 2000
 
 
-@pytest.mark.parametrize("held", [
-    HELD,
-    pytest.param(SOAK_HELD, marks=[
-        pytest.mark.slow, pytest.mark.timeout(300),
-        pytest.mark.skipif(not os.environ.get("IOLADDER_SOAK"), reason="set IOLADDER_SOAK=1")]),
-])
+@pytest.mark.parametrize("held", [HELD, soak(SOAK_HELD, timeout=300)])
 def test_a_killed_client_process_leaves_no_fd_thread_or_connection_behind(rung, held):
     fds, threads = fd_count(), set(threading.enumerate())
     collector = Collector(EchoProbe)

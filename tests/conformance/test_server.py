@@ -26,6 +26,7 @@ from .support import (
     fd_count,
     reset_close,
     round_trip,
+    soak,
     wait_until,
 )
 
@@ -228,12 +229,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.parametrize("cycles", [
-    CYCLES,
-    pytest.param(SOAK_CYCLES, marks=[
-        pytest.mark.slow, pytest.mark.timeout(600),
-        pytest.mark.skipif(not os.environ.get("IOLADDER_SOAK"), reason="set IOLADDER_SOAK=1")]),
-])
+@pytest.mark.parametrize("cycles", [CYCLES, soak(SOAK_CYCLES, timeout=600)])
 def test_connect_reset_churn_leaves_nothing_behind(rung, cycles):
     Counted.made_sem = threading.Semaphore(0)
     fds, threads = fd_count(), set(threading.enumerate())
