@@ -706,7 +706,7 @@ class HttpProtocol(asyncio.Protocol):
 
 def header_timeout_option(options: Any) -> float | None:
     """``AppOptions.header_timeout`` as :class:`HttpConfig` takes it (None there: no limit)."""
-    value = getattr(options, "header_timeout", None)
+    value = options.header_timeout
     if value is None:
         return DEFAULT_HEADER_TIMEOUT
     return value if value != 0 else None
