@@ -143,3 +143,26 @@ def test_bufring_of_another_ring_is_refused(bring, make_ring, socks):
         bring.prep_recv_multishot(a.fileno(), br, None)
     with pytest.raises(TypeError):
         bring.prep_recv_multishot(a.fileno(), bytearray(8), None)
+
+
+@pytest.mark.parametrize("size, stride", [(32, 64), (100, 128), (4096, 4160), (32768, 32832),
+                                          (6144, 6208), (5000, 5056)])
+def test_buffers_are_spaced_off_the_cache_set_of_their_neighbour(bring, socks, collect, size,
+                                                                 stride):
+    """Buffer i starts at i * stride: with 32 KiB buffers spaced by exactly 32 KiB, every small
+    message would land in the same cache set, so a multiple of 4 KiB gets one line more."""
+    a, b = socks.pair()
+    br = bring.buffer_ring(5, 4, size)
+    assert br.stride == stride and len(memoryview(br)) >= 4 * stride
+    bring.prep_recv_multishot(a.fileno(), br, "ms")
+    for i in range(4):
+        b.sendall(b"m%d" % i)
+        ((_, res, flags),) = collect(bring, 1)
+        bid = uring.buffer_id(flags)
+        whole = memoryview(br)
+        assert bytes(whole[bid * stride: bid * stride + res]) == b"m%d" % i
+        assert bytes(br.view(bid, res)) == b"m%d" % i
+        del whole
+        assert br.take(bid, res) == b"m%d" % i
+    bring.prep_cancel_fd(a.fileno(), "cancel")
+    collect(bring, 2)
