@@ -21,7 +21,9 @@
  * go to the driver. The saea rung opens the gate while its completion batches are small
  * (one send syscall is cheaper than a send completion's round through the loop) and closes
  * it under load, where one io_uring_enter submits many sends. A gate type may publish a C
- * entry (``_sendgate.h``; the ring does), asked instead of the attribute.
+ * entry (``_sendgate.h``; the ring does), asked instead of the attribute; such an entry may
+ * also start the flush's send itself, from C, with the transport's ``_send_ctx`` as the op's
+ * context (the ring does: see its SendContext), instead of ``driver.start_send``.
  *   _on_data(data)       protocol.data_received(data); _hold(data) while paused,
  *                        _feed_buffered(data) for BufferedProtocol, _fatal_error on a raise
  *   _next_chunk()        the buffer's head, small chunks coalesced (up to COALESCE bytes)
@@ -57,6 +59,7 @@ typedef struct {
     double last_activity;   /* last_activity (time.monotonic() clock), kept while clocked */
     PyObject *send_gate;    /* _send_gate: try a synchronous send when gate.sync_send is true */
     const ioladder_sendgate *gate_c; /* the gate type's C entry (_sendgate.h), or NULL */
+    PyObject *send_ctx;     /* _send_ctx: the op context a gate's start_send uses, or NULL */
     unsigned long ctx_tid;  /* _ctx_tid: the one thread that is the context; 0: ask the driver */
     int fd;                 /* _fd */
     char sending;           /* _sending */
@@ -258,6 +261,31 @@ static int try_send(PyObject *self, Core *c, PyObject **chunk, Py_ssize_t *n)
     return 1;
 }
 
+static PyObject *T_next_chunk(PyObject *self, PyObject *unused);
+
+/* A flush begins: the gate's C start_send when it has one and takes this chunk, else
+ * driver.start_send(self). 0 or -1 with an exception set. */
+static int start_send(PyObject *self, Core *c)
+{
+    if (c->gate_c && c->gate_c->start_send && c->send_ctx && c->send_ctx != Py_None) {
+        PyObject *chunk = T_next_chunk(self, NULL);
+        if (chunk == NULL)
+            return -1;
+        PyObject *gate = Py_NewRef(c->send_gate), *ctx = Py_NewRef(c->send_ctx);
+        int rc = c->gate_c->start_send(gate, ctx, chunk);
+        Py_DECREF(gate);
+        Py_DECREF(ctx);
+        Py_DECREF(chunk);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
+    }
+    PyObject *r = call_field(c->driver, "driver", s_start_send, self);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *T_write_in(PyObject *self, PyObject *data)
 {
     Core *c = CORE(self);
@@ -291,10 +319,8 @@ static PyObject *T_write_in(PyObject *self, PyObject *data)
     c->buffer_size += n;
     if (!c->sending) {
         c->sending = 1;
-        PyObject *r = call_field(c->driver, "driver", s_start_send, self);
-        if (r == NULL)
+        if (start_send(self, c) < 0)
             return NULL;
-        Py_DECREF(r);
     }
     if (c->buffer_size > c->high && call_void(self, s_maybe_pause, NULL) < 0)
         return NULL;
@@ -530,6 +556,7 @@ static int T_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->driver);
     Py_VISIT(c->buffer);
     Py_VISIT(c->send_gate);
+    Py_VISIT(c->send_ctx);
     return 0;
 }
 
@@ -541,6 +568,7 @@ static int T_clear(PyObject *self)
     Py_CLEAR(c->protocol);
     Py_CLEAR(c->send_gate);
     c->gate_c = NULL;
+    Py_CLEAR(c->send_ctx);
     Py_CLEAR(c->driver);
     return 0;
 }
@@ -588,6 +616,7 @@ static PyMemberDef T_members[] = {
     M("_buffered", T_BOOL, buffered),
     M("_writing_paused", T_BOOL, writing_paused),
     M("_clocked", T_BOOL, clocked),
+    M("_send_ctx", T_OBJECT, send_ctx),
     {NULL},
 };
 static const Py_ssize_t member_field[] = {
@@ -598,6 +627,7 @@ static const Py_ssize_t member_field[] = {
     offsetof(Core, closing), offsetof(Core, eof_requested), offsetof(Core, shut_wr),
     offsetof(Core, paused), offsetof(Core, eof), offsetof(Core, released),
     offsetof(Core, buffered), offsetof(Core, writing_paused), offsetof(Core, clocked),
+    offsetof(Core, send_ctx),
 };
 
 _Static_assert(sizeof(member_field) / sizeof(member_field[0]) ==

@@ -166,6 +166,9 @@ class Transport(TransportBase):
         #: the driver's send gate (see ioladder/_transport.c): None, or an object whose
         #: ``sync_send`` says whether write() may try a synchronous send right now.
         self._send_gate = None
+        #: the op context a gate with a C ``start_send`` starts a flush's send with (the saea
+        #: rung's ``SendContext``), or None: the driver's ``start_send`` does it.
+        self._send_ctx = None
         #: monotonic time of the last byte moved either way, kept only while ``_clocked``
         #: (the server has an idle timeout, whose reaper reads it): otherwise the per-message
         #: path makes no clock call and this stays the connection's start time.
@@ -263,6 +266,7 @@ class Transport(TransportBase):
         # _write_after_loss, never a synchronous send on a closed (maybe reused) descriptor.
         self._released = True
         self._send_gate = None
+        self._send_ctx = None
         self._ctx_tid = 0
         self._drop_buffer()
         try:

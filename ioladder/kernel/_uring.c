@@ -2641,7 +2641,10 @@ static PyObject *Ring_submit(RingObject *r, PyObject *noargs)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *conn; /* its _on_data(bytes) receives the data */
+    PyObject *conn;  /* its _on_data(bytes) receives the data (and _on_sent(n): SendContext) */
+    Py_ssize_t ops;  /* the driver's count of ops in flight on the socket */
+    int fd;          /* the socket */
+    char closing;    /* set by the driver: every completion goes to the ctx's method */
 } RecvContextObject;
 
 static PyTypeObject RecvContext_Type;
@@ -2672,6 +2675,14 @@ static void RecvContext_dealloc(RecvContextObject *o)
 static PyMemberDef RecvContext_members[] = {
     {"conn", T_OBJECT, offsetof(RecvContextObject, conn), 0,
      "whose _on_data(bytes) dispatch() calls with a multishot receive's data (None: unset)"},
+    {"fd", T_INT, offsetof(RecvContextObject, fd), 0,
+     "the connection's socket (a SendContext's resubmitted sends go to it)"},
+    {"ops", T_PYSSIZET, offsetof(RecvContextObject, ops), 0,
+     "ops in flight on the socket, as the driver counts them; dispatch()'s send fast path "
+     "takes one off for the send it completes and adds one for the send it submits"},
+    {"closing", T_BOOL, offsetof(RecvContextObject, closing), 0,
+     "True: the driver is closing the connection; its SendContext's completions all go to "
+     "the method"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2734,6 +2745,156 @@ static inline int recv_fast(RingObject *r, ul_done *d, PyObject *ctx, PyObject *
         return -1;
     Py_DECREF(ret);
     return 1;
+}
+
+/* ---- SendContext: a connection's sends completed and continued without a Python frame ---- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *st; /* the connection's RecvContext: conn, fd, ops, closing */
+} SendContextObject;
+
+static PyTypeObject SendContext_Type;
+static PyObject *s_on_sent, *s_next_chunk, *s_send_chunk; /* interned at import */
+
+static int SendContext_traverse(SendContextObject *o, visitproc visit, void *arg)
+{
+    Py_VISIT(o->st);
+    return 0;
+}
+
+static int SendContext_clear(SendContextObject *o)
+{
+    Py_CLEAR(o->st);
+    return 0;
+}
+
+static void SendContext_dealloc(SendContextObject *o)
+{
+    PyObject_GC_UnTrack(o);
+    Py_CLEAR(o->st);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyMemberDef SendContext_members[] = {
+    {"st", T_OBJECT, offsetof(SendContextObject, st), 0,
+     "the connection's RecvContext (its conn, fd, ops and closing), or None"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SendContext_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ioladder.kernel._uring.SendContext",
+    .tp_basicsize = sizeof(SendContextObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "SendContext() -- base class for the ctx of a stream connection's SENDs.\n\n"
+              "st is the connection's RecvContext. While st.closing is false, Ring.dispatch() "
+              "handles a send's successful completion itself: st.ops -= 1, then "
+              "st.conn._on_sent(res); if that returns True, the next chunk, "
+              "st.conn._next_chunk(), is sent from C (st.ops += 1) when it is a buffer, or "
+              "handed to ctx._send_chunk(chunk) when it is not. Every other completion (an "
+              "error, no bytes, st.closing set) goes to the ctx's method, which must do the "
+              "same with a successful one. The ring's send gate starts a transport's sends "
+              "the same way (_sendgate.h).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)SendContext_dealloc,
+    .tp_traverse = (traverseproc)SendContext_traverse,
+    .tp_clear = (inquiry)SendContext_clear,
+    .tp_members = SendContext_members,
+};
+
+static PyTypeObject *send_ctx_last; /* as recv_ctx_last */
+static inline int is_send_context(PyObject *ctx)
+{
+    PyTypeObject *tp = Py_TYPE(ctx);
+    if (tp == send_ctx_last || tp == &SendContext_Type)
+        return 1;
+    if (!PyType_IsSubtype(tp, &SendContext_Type))
+        return 0;
+    Py_XSETREF(send_ctx_last, (PyTypeObject *)Py_NewRef(tp));
+    return 1;
+}
+
+/* The RecvContext behind a SendContext whose sends C may handle, or NULL (then Python does). */
+static inline RecvContextObject *send_owner(PyObject *ctx)
+{
+    PyObject *st = ((SendContextObject *)ctx)->st;
+    if (!st || !is_recv_context(st))
+        return NULL;
+    RecvContextObject *o = (RecvContextObject *)st;
+    return o->closing || !o->conn || o->fd < 0 ? NULL : o;
+}
+
+/* prep_send(fd, chunk, ctx) from C: 0, or -1 with an exception set. */
+static int send_submit(RingObject *r, int fd, PyObject *chunk, PyObject *ctx)
+{
+    ul_op op;
+    memset(&op, 0, sizeof op);
+    op.ctx = ctx;
+    uint64_t addr, ud;
+    uint32_t len;
+    ul_slot *s;
+    if (op_buffer(&op, chunk, 0, NULL, NULL, &addr, &len) < 0) {
+        op_release(&op);
+        return -1;
+    }
+    struct ul_sqe *sqe = op_commit(r, &op, UL_OP_SEND, &s, &ud);
+    if (!sqe)
+        return -1;
+    sqe->fd = fd;
+    sqe->addr = addr;
+    sqe->len = len;
+    sqe->op_flags = MSG_NOSIGNAL;
+    return 0;
+}
+
+/* Send the transport's next chunk for st: from C when it is a buffer, else ctx._send_chunk(). */
+static int send_next(RingObject *r, RecvContextObject *st, PyObject *ctx, PyObject *conn)
+{
+    PyObject *chunk = PyObject_CallMethodNoArgs(conn, s_next_chunk);
+    if (!chunk)
+        return -1;
+    int rc;
+    if (PyObject_CheckBuffer(chunk)) {
+        rc = send_submit(r, st->fd, chunk, ctx);
+        if (rc == 0)
+            st->ops++;
+    } else {
+        PyObject *ret = PyObject_CallMethodOneArg(ctx, s_send_chunk, chunk);
+        rc = ret ? 0 : -1;
+        Py_XDECREF(ret);
+    }
+    Py_DECREF(chunk);
+    return rc;
+}
+
+/* dispatch()'s fast path for a SendContext's final, successful completion: 1 handled (or
+ * raised: -1), 0 not applicable (the method gets it). */
+static inline int send_fast(RingObject *r, ul_done *d, PyObject *ctx)
+{
+    RecvContextObject *st = send_owner(ctx);
+    if (!st)
+        return 0;
+    slot_finish(r, d->idx); /* the sent buffer released, as before any callback */
+    Py_INCREF(st);
+    PyObject *conn = Py_NewRef(st->conn);
+    st->ops--;
+    int rc = -1;
+    PyObject *n = PyLong_FromLong(d->res);
+    if (n) {
+        static mcache on_sent_cache;
+        PyObject *more = mcache_call1(&on_sent_cache, conn, s_on_sent, n);
+        Py_DECREF(n);
+        if (more) {
+            rc = 0;
+            if (more == Py_True && !st->closing)
+                rc = send_next(r, st, ctx, conn);
+            Py_DECREF(more);
+        }
+    }
+    Py_DECREF(conn);
+    Py_DECREF(st);
+    return rc < 0 ? -1 : 1;
 }
 
 /* ---- dispatch: completions delivered by calling their ctx, no tuples ---------------------- */
@@ -2881,6 +3042,9 @@ static int harvest_dispatch(RingObject *r, ul_sink *k, int *woken)
                  * stays alive): conn._on_data(bytes), no Python frame in between. */
                 PyObject *tmp = NULL;
                 fast = recv_fast(r, &d[i], ctx, &tmp);
+                rc = fast < 0 ? -1 : 0;
+            } else if (d[i].final && d[i].res > 0 && !r->closing && is_send_context(ctx)) {
+                fast = send_fast(r, &d[i], ctx);
                 rc = fast < 0 ? -1 : 0;
             }
             if (!fast) {
@@ -3507,8 +3671,22 @@ static int ring_sync_send(PyObject *o)
     RingObject *r = (RingObject *)o;
     return r->batch > 0 && r->batch <= r->sync_send_batch;
 }
+/* The gate's start_send: the transport's first ring send of a flush, from C (SendContext). */
+static int ring_start_send(PyObject *o, PyObject *send_ctx, PyObject *chunk)
+{
+    RingObject *r = (RingObject *)o;
+    if (r->closing || !is_send_context(send_ctx) || !PyObject_CheckBuffer(chunk))
+        return 0;
+    RecvContextObject *st = send_owner(send_ctx);
+    if (!st)
+        return 0;
+    if (ring_check(r) < 0 || send_submit(r, st->fd, chunk, send_ctx) < 0)
+        return -1;
+    st->ops++;
+    return 1;
+}
 /* A transport asks its gate with a C call (ioladder/_sendgate.h), not through sync_send. */
-static const ioladder_sendgate ring_sendgate = {ring_sync_send};
+static const ioladder_sendgate ring_sendgate = {ring_sync_send, ring_start_send};
 static PyObject *Ring_get_sync_send(RingObject *r, void *c)
 {
     (void)c;
@@ -3621,6 +3799,7 @@ static PyTypeObject Ring_Type = {
 /* BufferRing                                                                                 */
 
 static inline uint16_t *br_tailp(BufferRingObject *b) { return &b->br[0].resv; }
+
 
 static void br_put(BufferRingObject *b, uint32_t bid)
 {
@@ -4048,9 +4227,15 @@ PyMODINIT_FUNC PyInit__uring(void)
         if (!(*s)->interned && sig_init(*s) < 0)
             return NULL;
     if (PyType_Ready(&Ring_Type) < 0 || PyType_Ready(&BufferRing_Type) < 0 ||
-        PyType_Ready(&RecvContext_Type) < 0)
+        PyType_Ready(&RecvContext_Type) < 0 || PyType_Ready(&SendContext_Type) < 0)
         return NULL;
     if (!s_on_data && !(s_on_data = PyUnicode_InternFromString("_on_data")))
+        return NULL;
+    if (!s_on_sent && !(s_on_sent = PyUnicode_InternFromString("_on_sent")))
+        return NULL;
+    if (!s_next_chunk && !(s_next_chunk = PyUnicode_InternFromString("_next_chunk")))
+        return NULL;
+    if (!s_send_chunk && !(s_send_chunk = PyUnicode_InternFromString("_send_chunk")))
         return NULL;
     if (!PyDict_GetItemString(Ring_Type.tp_dict, SENDGATE_ATTR)) {
         PyObject *cap = PyCapsule_New((void *)&ring_sendgate, SENDGATE_CAPSULE, NULL);
@@ -4092,6 +4277,11 @@ PyMODINIT_FUNC PyInit__uring(void)
     Py_INCREF(&RecvContext_Type);
     if (PyModule_AddObject(m, "RecvContext", (PyObject *)&RecvContext_Type) < 0) {
         Py_DECREF(&RecvContext_Type);
+        goto fail;
+    }
+    Py_INCREF(&SendContext_Type);
+    if (PyModule_AddObject(m, "SendContext", (PyObject *)&SendContext_Type) < 0) {
+        Py_DECREF(&SendContext_Type);
         goto fail;
     }
     struct {

@@ -318,6 +318,27 @@ class RecvContext:
 
     conn: Any
     """Whose ``_on_data(bytes)`` receives the data (``None`` until set)."""
+    fd: int
+    """The connection's socket (where a :class:`SendContext`'s sends go)."""
+    ops: int
+    """Ops in flight on the socket, as the driver counts them (the send fast path keeps it)."""
+    closing: bool
+    """True once the driver closes the connection: its sends' completions all go to the method."""
+
+class SendContext:
+    """Base class for the ctx of a stream connection's SENDs.
+
+    ``st`` is the connection's :class:`RecvContext`. While ``st.closing`` is false,
+    ``Ring.dispatch()`` handles a send's successful completion itself: ``st.ops -= 1``, then
+    ``st.conn._on_sent(res)``; when that returns True, the next chunk, ``st.conn._next_chunk()``,
+    is sent from C (``st.ops += 1``) if it is a buffer, or handed to ``ctx._send_chunk(chunk)``
+    if not. Every other completion (an error, nothing sent, ``st.closing`` set) goes to the
+    ctx's method, which must treat a successful one the same way. The ring's send gate starts a
+    transport's flush the same way when the transport's ``_send_ctx`` is such a ctx.
+    """
+
+    st: Any
+    """The connection's :class:`RecvContext` (``None`` until set)."""
 
 def _availability() -> str | None: ...
 def _reason_for_errno(

@@ -147,6 +147,7 @@ from ioladder.kernel._uring import (
     BufferRing,
     RecvContext,
     Ring,
+    SendContext,
     UringUnavailable,
     _availability,
 )
@@ -155,6 +156,7 @@ __all__ = [
     "Ring",
     "BufferRing",
     "RecvContext",
+    "SendContext",
     "UringUnavailable",
     "availability",
     "require",

@@ -33,7 +33,10 @@ How each SAEA idea lands (and what it costs per connection and per op):
   completion batch being run is small (at most ``SYNC_SEND`` completions), the transport's
   ``write`` first tries a non-blocking ``send()`` in C (its send gate is the ring:
   ``Ring.sync_send``, set by ``Ring.dispatch`` per batch) and only
-  what the socket does not take becomes a ring op. Measured at a fixed 40k round trips/s,
+  what the socket does not take becomes a ring op. A ring send costs no Python frame either:
+  the transport starts it through the gate's C entry (its ``_send_ctx`` is the connection's
+  ``SendContext``), and ``Ring.dispatch`` completes it, and sends what the transport has
+  next, in C. Measured at a fixed 40k round trips/s,
   one send syscall is cheaper than a send completion's pass through the loop; under load one
   enter submits many sends, so large batches keep every send on the ring.
 * **Batched submission**: every SQE prepared while handling a batch of completions (sends,
@@ -55,7 +58,8 @@ How each SAEA idea lands (and what it costs per connection and per op):
 Steady state per echoed message: one multishot-receive completion (copied out and recycled,
 then handed to the transport's ``_on_data`` by ``Ring.dispatch`` in C: the receive context is
 a ``RecvContext``), ``data_received``, then a synchronous send (small batches) or one send SQE
-and its completion (large batches); no Python object survives the round trip
+and its completion (large batches; both handled in C: ``SendContext``); no Python object
+survives the round trip
 (``tests/saea/test_saea_rung.py`` checks it with ``tracemalloc``).
 
 Between passes nothing runs in Python while no call or timer is queued: the engine's
@@ -134,9 +138,9 @@ class _Ignore:
 _IGNORE = _Ignore()
 
 
-#: the per-connection state's fields, besides ``conn`` (the C base's, see ``_ConnBase``)
-_CONN_SLOTS = ("fd", "tx", "recv_op", "reading", "cancelling", "ops", "closing", "abort",
-               "file", "linger")
+#: the per-connection state's fields, besides ``conn``, ``fd``, ``ops`` and ``closing`` (the C
+#: base's, see ``_ConnBase``)
+_CONN_SLOTS = ("tx", "recv_op", "reading", "cancelling", "abort", "file", "linger")
 
 
 class _ConnBase:
@@ -166,9 +170,15 @@ class _ConnBase:
 
 
 class _SendBase:
-    """ctx of a connection's sends (one in flight at a time: the transport serialises them)."""
+    """ctx of a connection's sends (one in flight at a time: the transport serialises them).
 
-    __slots__ = ("st",)
+    The class used is ``_Send``, which also derives from
+    :class:`ioladder.kernel.uring.SendContext` (which holds ``st``, the connection's
+    ``_Conn``): ``Ring.dispatch`` completes a successful send and submits the transport's next
+    chunk itself, in C, and the transport starts a flush's send through the ring's send gate
+    (``conn._send_ctx``) without a Python call; ``_complete`` sees the rest."""
+
+    __slots__ = ()
 
     def __init__(self) -> None:
         self.st: Any = None
@@ -601,8 +611,12 @@ class SaeaRung(Rung):
                 else:
                     self.conn._on_error(_oserror(res))
 
-        class _Send(_SendBase):
+        class _Send(_SendBase, self._uring.SendContext):
             __slots__ = ()
+
+            def _send_chunk(self, chunk: Any) -> None:
+                # Ring.dispatch's send fast path: the next chunk is not a buffer (a FileSpan)
+                rung._send_file(self.st, chunk)
 
             def _complete(self, res: int, flags: int) -> None:
                 st = self.st
@@ -664,6 +678,7 @@ class SaeaRung(Rung):
         conn.rung_data = st
         conn._ctx_tid = self._tid  # write() checks its context without calling in_context
         conn._send_gate = self._ring  # Ring.sync_send: this dispatch batch is small
+        conn._send_ctx = tx  # the ring's gate starts a flush's send with it, in C
         conn._start()
 
     # ------------------------------------------------------------------------ driver API
@@ -832,6 +847,7 @@ class SaeaRung(Rung):
         close_socket(conn._sock, abort, shutdown=False)
         tx = st.tx
         tx.st = None
+        conn._send_ctx = None
         st.conn = None
         st.tx = None
         st.fd = -1

@@ -124,3 +124,43 @@ def test_the_ring_gate_opens_only_inside_a_small_dispatch_batch(
         assert ring.dispatch(2, 5.0) == 2  # a batch of 2 > sync_send_batch: the driver sends
         assert driver.started == [transport] and _pending(peer) == b""
         assert transport.get_write_buffer_size() == 6
+
+
+def test_the_ring_gate_starts_a_flush_with_the_send_ctx(
+        pair: tuple[Any, _Driver, socket.socket]) -> None:
+    """With ``_send_ctx`` set to a ``SendContext``, a flush's send is submitted from C (the
+    driver's ``start_send`` is not called) and its completion continues the flush in C."""
+    why = uring.availability()
+    if why is not None:
+        pytest.skip(why)
+    transport, driver, peer = pair
+
+    class St(uring.RecvContext):
+        __slots__ = ()
+
+    class Tx(uring.SendContext):
+        __slots__ = ("slow",)
+
+        def _complete(self, res: int, flags: int) -> None:
+            self.slow.append(res)
+
+    st, tx = St(), Tx()
+    tx.slow = []
+    st.conn, st.fd, st.ops, tx.st = transport, transport._fd, 0, st
+    with uring.Ring(8) as ring:
+        transport._send_gate = ring
+        transport._send_ctx = tx
+        ring.sync_send_batch = 0  # never synchronous: every flush goes through the ring
+        transport.write(b"one")
+        transport.write(b"two")  # buffered behind the send in flight
+        assert driver.started == [] and st.ops == 1 and _pending(peer) == b""
+        while st.ops:
+            assert ring.dispatch(1, 5.0, "_complete") == 1
+        got = b""
+        while len(got) < 6:
+            got += peer.recv(16)
+        assert got == b"onetwo" and tx.slow == [] and transport.get_write_buffer_size() == 0
+        assert not transport._sending
+        st.closing = True  # the driver is closing: flushes are its own again
+        transport.write(b"x")
+        assert driver.started == [transport] and st.ops == 0
