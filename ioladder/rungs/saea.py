@@ -149,8 +149,9 @@ class _ConnBase:
     The class used is ``_Conn``, made per rung instance by ``SaeaRung._build``: its hot
     ``_complete`` has the ring's and buffer ring's bound methods in closure cells, not
     attribute chains, and it also derives from :class:`ioladder.kernel.uring.RecvContext`
-    (which holds ``conn``), so ``Ring.dispatch`` hands the steady-state receive completions to
-    ``conn._on_data`` itself, in C; ``_complete`` sees the others (the receive ending, errors).
+    (which holds ``conn``, ``fd``, ``ops`` and ``closing``, read by the send fast path too),
+    so ``Ring.dispatch`` hands the steady-state receive completions to ``conn._on_data``
+    itself, in C; ``_complete`` sees the others (the receive ending, errors).
     """
 
     __slots__ = ()
