@@ -186,10 +186,11 @@ PROFILES: dict[str, Callable[[], Profile]] = {
         [Case(100, 64, 1), Case(100, 64, 16), FIXED], warmup=0.5, duration=2.0, repeat=3),
     "docs": lambda: Profile(
         "docs", "what docs/benchmarks.md shows: 64 B at 1 to 10,000 connections (depth 1), "
-        "100 connections at depth 16 and with 4 KiB, the fixed-rate case; 3 repetitions",
+        "100 connections at depth 16 and with 4 KiB, the fixed-rate case; 5 repetitions (on a "
+        "shared 2-core machine one run of a case swings by 5-10 %: the medians need them)",
         [*_matrix([1, 100, 1000, 10000], [64], [1]), Case(100, 64, 16), Case(100, 4096, 1),
          Case(100, 4096, 16), FIXED],
-        warmup=0.5, duration=1.5, repeat=3),
+        warmup=0.5, duration=1.5, repeat=5),
     "full": lambda: Profile(
         "full", "the whole matrix: 1 to 10,000 connections x 64 B and 4 KiB x depth 1 and 16, "
         "plus the fixed-rate case; 3 repetitions",
