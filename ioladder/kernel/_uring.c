@@ -2706,19 +2706,24 @@ static PyTypeObject RecvContext_Type = {
     .tp_members = RecvContext_members,
 };
 
-/* PyObject_TypeCheck(ctx, &RecvContext_Type) with the last subclass that passed remembered (a
+/* PyObject_TypeCheck(o, base) with the last subclass that passed remembered in *last (a
  * strong reference, so the pointer stays that type): no MRO walk per completion for the one
- * class a driver uses. A RecvContext subclass stays one: its C layout pins the base. */
+ * class a driver uses. A subclass of a C context type stays one: its C layout pins the base. */
+static inline int is_ctx_type(PyObject *o, PyTypeObject *base, PyTypeObject **last)
+{
+    PyTypeObject *tp = Py_TYPE(o);
+    if (tp == *last || tp == base)
+        return 1;
+    if (!PyType_IsSubtype(tp, base))
+        return 0;
+    Py_XSETREF(*last, (PyTypeObject *)Py_NewRef(tp));
+    return 1;
+}
+
 static PyTypeObject *recv_ctx_last;
 static inline int is_recv_context(PyObject *ctx)
 {
-    PyTypeObject *tp = Py_TYPE(ctx);
-    if (tp == recv_ctx_last || tp == &RecvContext_Type)
-        return 1;
-    if (!PyType_IsSubtype(tp, &RecvContext_Type))
-        return 0;
-    Py_XSETREF(recv_ctx_last, (PyTypeObject *)Py_NewRef(tp));
-    return 1;
+    return is_ctx_type(ctx, &RecvContext_Type, &recv_ctx_last);
 }
 
 /* dispatch()'s fast path for a RecvContext: 1 delivered (or raised: -1), 0 not applicable. */
@@ -2803,16 +2808,10 @@ static PyTypeObject SendContext_Type = {
     .tp_members = SendContext_members,
 };
 
-static PyTypeObject *send_ctx_last; /* as recv_ctx_last */
+static PyTypeObject *send_ctx_last;
 static inline int is_send_context(PyObject *ctx)
 {
-    PyTypeObject *tp = Py_TYPE(ctx);
-    if (tp == send_ctx_last || tp == &SendContext_Type)
-        return 1;
-    if (!PyType_IsSubtype(tp, &SendContext_Type))
-        return 0;
-    Py_XSETREF(send_ctx_last, (PyTypeObject *)Py_NewRef(tp));
-    return 1;
+    return is_ctx_type(ctx, &SendContext_Type, &send_ctx_last);
 }
 
 /* The RecvContext behind a SendContext whose sends C may handle, or NULL (then Python does). */
@@ -3799,7 +3798,6 @@ static PyTypeObject Ring_Type = {
 /* BufferRing                                                                                 */
 
 static inline uint16_t *br_tailp(BufferRingObject *b) { return &b->br[0].resv; }
-
 
 static void br_put(BufferRingObject *b, uint32_t bid)
 {
