@@ -666,6 +666,13 @@ WHY_RUNG = {
         "operation: the fewest syscalls and the least Python work per round trip."),
 }
 
+#: What the extra syscalls per round trip are, for a server `_syscall_heavy` may list:
+#: measured with ``perf stat -e 'syscalls:sys_enter_*' -p PID`` at 20k rt/s, 100 conns, 64 B.
+WHY_SYSCALLS = {
+    "gevent": "per round trip, 2 `recvfrom` (the second finds nothing and the greenlet waits), "
+              "a `getsockopt` and a `sendto`; per loop pass an `epoll_wait` and a `getpid`.",
+}
+
 WHY_PEER = {
     "asyncio": "the stdlib selector loop (epoll here) with a Protocol: the same wake-up "
                "pattern as the `epoll` rung, its Python overhead in the loop and transport.",
@@ -756,7 +763,7 @@ def pair_lines(results: dict[str, Any], upper: str, lower: str, tol: float) -> l
         if sys_a is not None and sys_b is not None:
             text = f"{sys_a:.2f} vs {sys_b:.2f} syscalls per round trip"
             if case["depth"] == 1 and abs(sys_a - sys_b) >= 1.5 and {upper, lower} & heavy:
-                text += " (allocator traffic: see *Where the extra syscalls come from*)"
+                text += " (see *Where the extra syscalls come from*)"
             parts.append(text)
         if thr_a is not None and thr_b is not None and (thr_a > 2 or thr_b > 2):
             parts.append(f"{thr_a:.0f} vs {thr_b:.0f} threads")
@@ -1028,23 +1035,19 @@ def write_docs(results: dict[str, Any], path: Path, command: str = "make bench-d
           "per round trip in the 100-connection, depth-1 case:")
         w("")
         for name, mine, floor in heavy:
-            w(f"- `{name}`: {mine:.2f} (floor {floor:.2f})")
+            why = WHY_SYSCALLS.get(name, "not analysed here; `perf trace -s -p PID` names them")
+            w(f"- `{name}`: {mine:.2f} (floor {floor:.2f}): {why}")
         w("")
-        w("`perf trace -s -p PID` on this machine names them for the `epoll` rung and the "
-          "asyncio peer: every round trip is `recvfrom`, `mmap`, `mremap`, `munmap`, "
-          "`sendto`. Both ask `recv()` for 256 KiB; CPython allocates a 256 KiB bytes object "
-          "for it, which glibc serves with `mmap` (above its 128 KiB mmap threshold), then "
-          "shrinks it to the 64 bytes received (`mremap`) and unmaps it when freed. Each of "
-          "those also faults in a fresh page. glibc raises the threshold only after freeing "
-          "a *large* mmapped block, so whether a process pays this depends on its allocation "
-          "history: a server that once freed a big buffer stops paying it (the `asyncselect` "
-          "trace shows only `recvfrom` and `sendto`). Checked in isolation: 1,000 "
-          "`recv(256 KiB)` of 64 bytes from a socketpair make 1,000 `mremap` and ~1,000 "
-          "`mmap`/`munmap`; free one 300 KiB block first and they make none. uvloop reads "
-          "into a preallocated buffer and never pays it. It is an allocator effect, not the "
-          "I/O model's: reading into a reused buffer (`recv_into`) or asking for at most "
-          "64 KiB removes it, and it blurs every comparison above between a rung that pays "
-          "it and one that does not.")
+        w("A server that asks `recv()` for 256 KiB, as the stdlib selector loop does, can pay "
+          "three more: CPython allocates 256 KiB for the result and shrinks it to what arrived, "
+          "and glibc serves that size with `mmap` (then `mremap`, `munmap`) until the process "
+          "has freed an mmapped block larger than it, which raises glibc's threshold for good. "
+          "Whether a fresh process has done so depends on its start-up (measured here: the "
+          "asyncio peer paid it when started from one working directory and not from another, "
+          "about twice the CPU per round trip). So that every run measures the same thing, "
+          "each peer frees one 1 MiB block before it serves (`peers._settle_malloc`), the "
+          "state a long-running process reaches anyway; the rungs receive into a buffer they "
+          "reuse (or read at most 64 KiB) and never pay it.")
         w("")
     w("## Design targets (design.md section 8)")
     w("")

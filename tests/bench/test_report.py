@@ -188,3 +188,23 @@ def test_report_cli_rerenders_a_stored_run(tmp_path: Path) -> None:
                         "--docs", str(tmp_path / "b.md")]) == 0
     assert (tmp_path / "html" / "report.html").is_file()
     assert (tmp_path / "b.md").read_text().startswith("# Benchmarks")
+
+
+def test_extra_syscalls_are_explained_only_where_measured(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    results = synthetic()
+    case = report.find_case(results, connections=100, size=64, depth=1, rate=0.0)
+    assert case is not None
+    for name, per_rt in (("asyncio", 5.0), ("select", 4.0)):
+        for run in case["results"][name]["runs"]:
+            run["syscalls_per_rt"] = per_rt
+        case["results"][name] = runner.finish_cell(case["results"][name]["runs"])
+    monkeypatch.setitem(report.WHY_SYSCALLS, "select", "one `select` per message, measured")
+    text = report.write_docs(results, tmp_path / "benchmarks.md").read_text()
+    section = text.split("## Where the extra syscalls come from")[1].split("\n## ")[0]
+    assert "- `select`: 4.00 (floor 2.00): one `select` per message, measured" in section
+    assert "- `asyncio`: 5.00 (floor 2.00): not analysed here" in section
+    assert "(`peers._settle_malloc`)" in section
+    # the case bullets point there, and name no cause themselves
+    assert "(see *Where the extra syscalls come from*)" in text
+    assert "allocator traffic" not in text
