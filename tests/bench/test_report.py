@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from ioladder.bench import report, runner
