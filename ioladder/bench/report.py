@@ -925,6 +925,10 @@ def write_docs(results: dict[str, Any], path: Path, command: str = "make bench-d
       "every server: its figure of merit is server CPU per round trip.")
     w("- `xfloor` columns are ratios to the C epoll floor (`c-epoll`) measured in the same "
       "case of the same run. `CPU s/100k rt` x 10 = CPU microseconds per round trip.")
+    w("- The peers are started by `python -m ioladder.bench.peers`, which frees one 1 MiB "
+      "block before serving, so glibc serves the stdlib loop's 256 KiB reads from the heap in "
+      "every run, as in any long-running process (without it a fresh process may pay `mmap`, "
+      "`mremap` and `munmap` per message, or not, depending on its start-up).")
     w("")
     w("## Results")
     w("")
