@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from rich.console import Console
@@ -61,7 +60,7 @@ def serve_idle_timeout(app: str, given: float | None) -> float | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .apps import AppOptions, make_factory
-    from .server import serve
+    from .server import StopRequest, serve
 
     if args.workers < 1:
         print("ioladder: --workers must be >= 1", file=sys.stderr)
@@ -75,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ioladder: --header-timeout must be >= 0 seconds (0: no limit)", file=sys.stderr)
         return 2
     options = AppOptions(root=root, workers=args.workers, header_timeout=args.header_timeout)
-    stop = threading.Event()
+    stop = StopRequest()  # not a threading.Event: its set() may deadlock in a handler
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import select
 import socket
 import struct
 import threading
@@ -214,6 +216,44 @@ def _listeners(host: str | None, port: int, backlog: int, reuse_port: bool) -> l
             sock.close()
         raise
     return socks
+
+
+class StopRequest:
+    """A stop flag that a signal handler may set: one byte down a pipe, no lock taken.
+
+    ``threading.Event.set()`` takes the event's lock. A handler runs in the main thread between
+    two bytecodes, and if those are inside the same event's ``wait()`` -- which holds that lock
+    around its bookkeeping -- ``set()`` waits for a lock its own thread holds, forever (seen:
+    ``ioladder serve`` ignoring SIGTERM). ``set()`` here is a non-blocking ``write`` to a pipe,
+    safe from a handler and from any thread; ``wait(timeout)`` is a ``select`` on the other end,
+    which a signal interrupts and which sees the byte at once when it resumes."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe already holds bytes: the request is made
+        except OSError:
+            pass  # closed: nobody waits any more
+
+    def is_set(self) -> bool:
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once ``set()`` was called (it stays set), False after ``timeout`` seconds."""
+        return bool(select.select([self._r], [], [], timeout)[0])
+
+    def close(self) -> None:
+        """Close the pipe; only once no handler or thread can call ``set()`` any more (the
+        descriptor numbers may be reused)."""
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class Serving:
