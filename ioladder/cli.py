@@ -59,6 +59,7 @@ def serve_idle_timeout(app: str, given: float | None) -> float | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .allocator import settle_allocator
     from .apps import AppOptions, make_factory
     from .server import StopRequest, serve
 
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ioladder: --header-timeout must be >= 0 seconds (0: no limit)", file=sys.stderr)
         return 2
     options = AppOptions(root=root, workers=args.workers, header_timeout=args.header_timeout)
+    settle_allocator()  # glibc's thresholds as in a long-running process (see its docstring)
     stop = StopRequest()  # not a threading.Event: its set() may deadlock in a handler
 
     def on_signal(signum: int, frame: object) -> None:

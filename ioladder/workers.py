@@ -440,6 +440,7 @@ def serve_workers(app: str | Callable[..., Any], host: str | None = "127.0.0.1",
 
 def worker_main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process (started by :class:`WorkerPool`, not by hand)."""
+    from .allocator import settle_allocator
     from .server import Server, StopRequest
 
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
@@ -452,6 +453,7 @@ def worker_main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s[worker {index} pid {os.getpid()}]: "
                f"%(message)s")
     ready_fd, life_fd = spec["ready_fd"], spec["life_fd"]
+    settle_allocator()
     stop = StopRequest()  # not a threading.Event: its set() may deadlock in a handler
 
     def on_signal(signum: int, frame: object) -> None:

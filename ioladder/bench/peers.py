@@ -23,8 +23,9 @@ gevent's ``sendall`` block the task until the bytes are in the kernel. Every pee
 ``TCP_NODELAY`` (asyncio, uvloop and trio do it themselves; gevent is told to), listens with a
 backlog of 1024 like ``ioladder serve`` (asyncio's default of 100 would drop SYNs when the load
 generator connects a batch at once), raises its soft ``RLIMIT_NOFILE`` to the hard limit, and
-starts with glibc's allocator settled (:func:`_settle_malloc`), so that the stdlib loop's
-256 KiB reads cost the same in every run.
+starts with glibc's allocator settled (:func:`ioladder.allocator.settle_allocator`, as
+``ioladder serve`` does for the rungs), so that the stdlib loop's 256 KiB reads cost the same
+in every run.
 
 A peer whose package is not installed is *unavailable*, never an error: :func:`reason` says
 which package is missing and that ``pip install 'ioladder[bench]'`` brings it.
@@ -54,6 +55,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..allocator import settle_allocator
+
 BACKLOG = 1024
 READ_SIZE = 65536
 
@@ -77,23 +80,6 @@ def _raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _settle_malloc() -> None:
-    """Put glibc's dynamic mmap threshold above 256 KiB, as a long-running process has it.
-
-    The stdlib selector loop reads with ``sock.recv(256 KiB)``: CPython allocates 256 KiB and
-    shrinks it to what arrived. glibc serves a block that size with ``mmap`` until the process
-    has freed an mmapped block larger than it, which raises the threshold for good. Whether a
-    fresh process has done that by the time it serves depends on what its start-up happened to
-    allocate (the working directory, whether ``.pyc`` files exist), and a process that has not
-    pays ``mmap`` + ``mremap`` + ``munmap`` for every message until it does: about twice the
-    CPU per round trip, in some runs and not others. Freeing one 1 MiB block here raises the
-    threshold in every run (the state any long-running asyncio server reaches after its first
-    large free). Elsewhere than glibc this is one allocation and nothing more.
-    """
-    block = bytearray(1 << 20)
-    del block
 
 
 # ------------------------------------------------------------------ asyncio and uvloop
@@ -447,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer {args.peer} unavailable: {why}", file=sys.stderr)
         return 3
     _raise_nofile()
-    _settle_malloc()
+    settle_allocator()
     (PEERS[args.peer] if args.peer in PEERS else HTTP_PEERS[args.peer]).serve(args.host, args.port)
     return 0
 

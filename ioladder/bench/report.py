@@ -925,10 +925,12 @@ def write_docs(results: dict[str, Any], path: Path, command: str = "make bench-d
       "every server: its figure of merit is server CPU per round trip.")
     w("- `xfloor` columns are ratios to the C epoll floor (`c-epoll`) measured in the same "
       "case of the same run. `CPU s/100k rt` x 10 = CPU microseconds per round trip.")
-    w("- The peers are started by `python -m ioladder.bench.peers`, which frees one 1 MiB "
-      "block before serving, so glibc serves the stdlib loop's 256 KiB reads from the heap in "
-      "every run, as in any long-running process (without it a fresh process may pay `mmap`, "
-      "`mremap` and `munmap` per message, or not, depending on its start-up).")
+    w("- Every Python server (`ioladder serve` for the rungs, `python -m "
+      "ioladder.bench.peers` for the peers) first raises glibc's dynamic mmap and trim "
+      "thresholds to 16 and 32 MiB, as a long-running process has them "
+      "(`ioladder.allocator.settle_allocator`). Without it, what a fresh process pays per "
+      "message depends on its start-up: `mmap`, `mremap` and `munmap` for each 256 KiB "
+      "`recv()` of the stdlib loop, or page faults after each trim of a thread's arena.")
     w("")
     w("## Results")
     w("")
@@ -1049,9 +1051,10 @@ def write_docs(results: dict[str, Any], path: Path, command: str = "make bench-d
           "Whether a fresh process has done so depends on its start-up (measured here: the "
           "asyncio peer paid it when started from one working directory and not from another, "
           "about twice the CPU per round trip). So that every run measures the same thing, "
-          "each peer frees one 1 MiB block before it serves (`peers._settle_malloc`), the "
-          "state a long-running process reaches anyway; the rungs receive into a buffer they "
-          "reuse (or read at most 64 KiB) and never pay it.")
+          "every server raises the threshold first "
+          "(`ioladder.allocator.settle_allocator`, see *Method*), the state a long-running "
+          "process reaches anyway; the rungs also receive into a buffer they reuse (or read "
+          "at most 64 KiB).")
         w("")
     w("## Design targets (design.md section 8)")
     w("")

@@ -205,7 +205,7 @@ def test_extra_syscalls_are_explained_only_where_measured(tmp_path: Path,
     section = text.split("## Where the extra syscalls come from")[1].split("\n## ")[0]
     assert "- `select`: 4.00 (floor 2.00): one `select` per message, measured" in section
     assert "- `asyncio`: 5.00 (floor 2.00): not analysed here" in section
-    assert "(`peers._settle_malloc`)" in section
+    assert "(`ioladder.allocator.settle_allocator`" in section
     # the case bullets point there, and name no cause themselves
     assert "(see *Where the extra syscalls come from*)" in text
     assert "allocator traffic" not in text

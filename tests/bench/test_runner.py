@@ -277,36 +277,3 @@ def test_peer_echoes_verified_bytes_and_stops_on_sigterm(name: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-#: In a fresh interpreter: settle glibc's allocator as a peer does at start, then receive 64 B
-#: with asyncio's read size and report how many blocks glibc holds by mmap for it (0: heap).
-SETTLED_READ = """
-import ctypes, socket, sys
-from ioladder.bench import peers
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                "usmblks", "fsmblks", "uordblks", "fordblks",
-                                                "keepcost")]
-libc = ctypes.CDLL(None)
-if not hasattr(libc, "mallinfo2"):
-    sys.exit(77)
-libc.mallinfo2.restype = Info
-peers._settle_malloc()
-a, b = socket.socketpair()
-b.send(b"x" * 64)
-before = libc.mallinfo2().hblks
-data = a.recv(256 * 1024)
-print(len(data), libc.mallinfo2().hblks - before)
-"""
-
-
-def test_peer_reads_of_asyncio_size_come_from_the_heap() -> None:
-    # A fresh process may serve each 256 KiB read with mmap+mremap+munmap, or not, depending
-    # on its start-up's allocations; a peer settles that first, so every run is the same.
-    proc = subprocess.run([sys.executable, "-c", SETTLED_READ], capture_output=True, text=True,
-                          timeout=60)
-    if proc.returncode == 77:
-        pytest.skip("not glibc: no mallinfo2 (and no dynamic mmap threshold to settle)")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["64", "0"]
