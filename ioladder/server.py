@@ -225,26 +225,26 @@ class StopRequest:
     two bytecodes, and if those are inside the same event's ``wait()`` -- which holds that lock
     around its bookkeeping -- ``set()`` waits for a lock its own thread holds, forever (seen:
     ``ioladder serve`` ignoring SIGTERM). ``set()`` here is a non-blocking ``write`` to a pipe,
-    safe from a handler and from any thread; ``wait(timeout)`` is a ``select`` on the other end,
-    which a signal interrupts and which sees the byte at once when it resumes."""
+    safe from a handler and from any thread; ``wait(timeout)`` polls the other end, which a
+    signal interrupts and which sees the byte at once when it resumes."""
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll = select.poll()  # not select(): the pipe's fds may be past FD_SETSIZE
+        self._poll.register(self._r, select.POLLIN)
 
     def set(self) -> None:
         try:
             os.write(self._w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe already holds bytes: the request is made
         except OSError:
-            pass  # closed: nobody waits any more
+            pass  # the pipe is full (the request is made) or closed (nobody waits any more)
 
     def is_set(self) -> bool:
         return self.wait(0)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once ``set()`` was called (it stays set), False after ``timeout`` seconds."""
-        return bool(select.select([self._r], [], [], timeout)[0])
+        return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
     def close(self) -> None:
         """Close the pipe; only once no handler or thread can call ``set()`` any more (the

@@ -5,11 +5,15 @@ holds (seen as ``ioladder serve`` ignoring SIGTERM)."""
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 from ioladder.server import StopRequest
 
@@ -73,3 +77,24 @@ def test_set_from_another_thread_wakes_a_waiter_at_once() -> None:
         timer.join()
     finally:
         stop.close()
+
+
+def test_works_with_descriptors_past_fd_setsize() -> None:
+    # a server process may hold thousands of sockets when it makes one (select() stops at 1024)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"RLIMIT_NOFILE {soft} < 1200")
+    null = os.open(os.devnull, os.O_RDONLY)
+    fillers = [os.dup(null) for _ in range(1100)]
+    try:
+        stop = StopRequest()
+        try:
+            assert stop._r > 1024
+            assert not stop.wait(0.01)
+            stop.set()
+            assert stop.wait(1)
+        finally:
+            stop.close()
+    finally:
+        for fd in [*fillers, null]:
+            os.close(fd)
