@@ -230,8 +230,6 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poll = select.poll()  # not select(): the pipe's fds may be past FD_SETSIZE
-        self._poll.register(self._r, select.POLLIN)
 
     def set(self) -> None:
         try:
@@ -243,8 +241,13 @@ class StopRequest:
         return self.wait(0)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once ``set()`` was called (it stays set), False after ``timeout`` seconds."""
-        return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000))
+        """True once ``set()`` was called (it stays set), False after ``timeout`` seconds.
+        Any thread may wait or ask ``is_set()`` at the same time: each call polls with a poll
+        object of its own (one object refuses concurrent polls), and not with ``select()``,
+        which refuses descriptors past ``FD_SETSIZE``."""
+        poller = select.poll()
+        poller.register(self._r, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
     def close(self) -> None:
         """Close the pipe; only once no handler or thread can call ``set()`` any more (the

@@ -98,3 +98,26 @@ def test_works_with_descriptors_past_fd_setsize() -> None:
     finally:
         for fd in [*fillers, null]:
             os.close(fd)
+
+
+def test_is_set_from_another_thread_while_the_main_thread_waits() -> None:
+    # a worker's lifeline thread asks is_set() and sets it while the main thread waits in it
+    stop = StopRequest()
+    errors: list[BaseException] = []
+
+    def watcher() -> None:
+        try:
+            for _ in range(50):
+                assert not stop.is_set()
+                time.sleep(0.002)
+            stop.set()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    try:
+        t = threading.Thread(target=watcher)
+        t.start()
+        assert stop.wait(10)
+        t.join(10)
+        assert not errors, errors
+    finally:
+        stop.close()
