@@ -75,13 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ioladder: --header-timeout must be >= 0 seconds (0: no limit)", file=sys.stderr)
         return 2
     options = AppOptions(root=root, workers=args.workers, header_timeout=args.header_timeout)
-    settle_allocator()  # glibc's thresholds as in a long-running process (see its docstring)
-    stop = StopRequest()  # not a threading.Event: its set() may deadlock in a handler
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopRequest.on_signals(signal.SIGINT, signal.SIGTERM)  # not a threading.Event
     try:
         if args.workers > 1:
             from .workers import serve_workers
@@ -92,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 linger=args.linger, shutdown_timeout=args.shutdown_timeout)
             how = f"{args.workers} workers (pids {', '.join(map(str, srv.pids))})"
         else:
+            settle_allocator()  # glibc's thresholds as in a long-running process (the
+            # worker processes above settle their own)
             srv = serve(make_factory(args.app, options), args.host, args.port,
                         model=args.model, backlog=args.backlog,
                         max_connections=args.max_connections,

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -230,6 +231,17 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @classmethod
+    def on_signals(cls, *signums: int) -> StopRequest:
+        """A request that each of ``signums`` sets (the handlers are installed here)."""
+        stop = cls()
+
+        def handler(signum: int, frame: object) -> None:
+            stop.set()
+        for signum in signums:
+            signal.signal(signum, handler)
+        return stop
 
     def set(self) -> None:
         try:

@@ -454,12 +454,7 @@ def worker_main(argv: list[str] | None = None) -> None:
                f"%(message)s")
     ready_fd, life_fd = spec["ready_fd"], spec["life_fd"]
     settle_allocator()
-    stop = StopRequest()  # not a threading.Event: its set() may deadlock in a handler
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequest.on_signals(signal.SIGTERM, signal.SIGINT)  # not a threading.Event
     try:
         factory = make_factory(spec["app"], AppOptions(**spec["options"]))
         srv = Server(factory, spec["host"], spec["port"], model=spec["model"], reuse_port=True,

@@ -23,9 +23,8 @@ from ioladder.server import StopRequest
 HAMMERED = """
 import signal, sys
 from ioladder.server import StopRequest
-stop = StopRequest()
+stop = StopRequest.on_signals(signal.SIGUSR1)
 done = []
-signal.signal(signal.SIGUSR1, lambda *a: stop.set())
 signal.signal(signal.SIGUSR2, lambda *a: done.append(1))
 print("ready", flush=True)
 while not done:
