@@ -513,7 +513,7 @@ class UringProactor:
         if br is None:
             ring = self.ring_for_prep()
             count, size = self._buffers
-            br = self._bufring = ring.buffer_ring(BUFFER_GROUP, count, size)
+            br = self._bufring = uring.receive_buffers(ring, BUFFER_GROUP, count, size)
         return br
 
     def bind(self) -> None:

@@ -38,7 +38,7 @@
 typedef struct {
     PyObject *ctx;        /* _ctx: the transport's contextvars.Context */
     PyObject *deliver;    /* _deliver: protocol.data_received (or the BufferedProtocol feeder) */
-    PyObject *take;       /* _take: the buffer ring's take(bid, nbytes) */
+    PyObject *take;       /* _take: the buffer ring's take(bid, nbytes, more) */
     PyObject *buffer;     /* _buffer: list of bytes written since the last send */
     PyObject *sending;    /* _sending: the bytes of the SEND in flight, or None */
     PyObject *send_id;    /* _send_id */
@@ -327,6 +327,8 @@ static PyObject *T_on_sent(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyObject_CallMethodOneArg(self, s_sent, args[0]);
 }
 
+#define UL_CQE_F_BUF_MORE (1U << 4) /* IORING_CQE_F_BUF_MORE, Linux 6.12 */
+
 /* ----------------------------------------------------------------------------- reading */
 
 static PyObject *T_on_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -353,8 +355,9 @@ static PyObject *T_on_recv(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (bid == NULL)
         return NULL;
     PyObject *take = Py_NewRef(c->take);
-    PyObject *targs[2] = {bid, args[0]};
-    PyObject *data = PyObject_Vectorcall(take, targs, 2, NULL);
+    /* CQE_F_BUF_MORE (an incremental ring): the buffer stays the kernel's after these bytes */
+    PyObject *targs[3] = {bid, args[0], (flags & UL_CQE_F_BUF_MORE) ? Py_True : Py_False};
+    PyObject *data = PyObject_Vectorcall(take, targs, 3, NULL);
     Py_DECREF(take);
     Py_DECREF(bid);
     if (data == NULL)

@@ -44,6 +44,7 @@ from ._speedups import TransportCore
 
 _F_MORE = uring.CQE_F_MORE
 _F_BUFFER = uring.CQE_F_BUFFER
+_F_BUF_MORE = uring.CQE_F_BUF_MORE
 _SHIFT = uring.CQE_BUFFER_SHIFT
 _SEND_FLAGS = uring.MSG_NOSIGNAL | uring.MSG_WAITALL
 _ENOBUFS = -errno.ENOBUFS
@@ -246,7 +247,7 @@ class SocketTransport(TransportCore):
 
     def _on_recv_end(self, res: int, flags: int) -> None:
         if flags & _F_BUFFER:
-            self._br.recycle(flags >> _SHIFT)  # type: ignore[union-attr]
+            self._br.recycle(flags >> _SHIFT, 0, flags & _F_BUF_MORE)  # type: ignore[union-attr]
         self._recv_id = None
         if self._closing:
             return

@@ -107,10 +107,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import logging
 import os
 
 from ioladder.kernel._uring import (
     CQE_BUFFER_SHIFT,
+    CQE_F_BUF_MORE,
     CQE_F_BUFFER,
     CQE_F_MORE,
     CQE_F_NOTIF,
@@ -161,9 +163,11 @@ __all__ = [
     "availability",
     "require",
     "buffer_id",
+    "receive_buffers",
     "SpliceSendfile",
     "SpliceStep",
     "CQE_F_BUFFER",
+    "CQE_F_BUF_MORE",
     "CQE_F_MORE",
     "CQE_F_SOCK_NONEMPTY",
     "CQE_F_NOTIF",
@@ -199,6 +203,8 @@ __all__ = [
     "SPLICE_F_MORE",
 ]
 
+_log = logging.getLogger("ioladder")
+
 # fcntl's names exist from Python 3.10 on; the numbers are Linux ABI.
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -227,6 +233,26 @@ def require() -> None:
 def buffer_id(flags: int) -> int | None:
     """The provided-buffer id a completion carries, or None (``CQE_F_BUFFER`` clear)."""
     return flags >> CQE_BUFFER_SHIFT if flags & CQE_F_BUFFER else None
+
+
+def receive_buffers(ring: Ring, group_id: int, count: int, size: int, *,
+                    incremental: bool = True) -> BufferRing:
+    """A provided buffer ring for receives, consumed incrementally where the kernel can.
+
+    ``incremental`` (``IOU_PBUF_RING_INC``, Linux 6.12): a receive takes only the bytes it
+    needs of the current buffer, so small messages from every connection fill the slab front
+    to back (hot in the caches and the TLB) rather than each starting a buffer of its own.
+    On an older kernel (``EINVAL``) the ring consumes whole buffers instead, and that is
+    logged. Either way the caller passes ``flags & CQE_F_BUF_MORE`` to ``take``/``recycle``.
+    """
+    if incremental:
+        try:
+            return ring.buffer_ring(group_id, count, size, incremental=True)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _log.info("%s; receives consume whole buffers", exc.strerror)
+    return ring.buffer_ring(group_id, count, size)
 
 
 _FILL = 0

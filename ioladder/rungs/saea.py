@@ -15,8 +15,12 @@ How each SAEA idea lands (and what it costs per connection and per op):
   process is out of descriptors (``EMFILE``): no spinning on a listener that stays readable.
 * **One buffer slab (BufferManager)** -> one **provided buffer ring** shared by every
   connection: the kernel picks a buffer only when bytes arrive, so an *idle connection owns no
-  receive buffer at all* (the point: thousands of idle sockets cost no receive memory). A
-  received buffer is copied out (``bytes`` for ``data_received``) and recycled at once.
+  receive buffer at all* (the point: thousands of idle sockets cost no receive memory). The
+  ring is consumed incrementally (``IOU_PBUF_RING_INC``, Linux 6.12; older kernels consume
+  whole buffers): a receive takes only the bytes it needs of the current buffer, so small
+  messages from every connection fill the slab front to back, hot in the caches, rather than
+  each starting a cold buffer of its own. Received bytes are copied out (``bytes`` for
+  ``data_received``) at once, and a buffer goes back to the kernel once it is filled.
 * **Receive args re-posted after each completion** -> one **multishot receive** per connection,
   armed once; it is re-armed only when it ends: ``-ENOBUFS`` (the ring ran dry in one burst:
   the bytes are still in the socket, nothing is lost), a completion without ``CQE_F_MORE``, or
@@ -99,6 +103,10 @@ log = logging.getLogger("ioladder")
 #: touched only as the kernel fills buffers, so the RSS cost is at most COUNT x SIZE.
 BUFFER_COUNT = 256
 BUFFER_SIZE = 32 * 1024
+#: consume receive buffers incrementally (``IOU_PBUF_RING_INC``, Linux 6.12): a receive
+#: takes only the bytes it needs of the current buffer, so small messages fill the slab front
+#: to back instead of each starting a buffer of its own. Older kernels: whole buffers (logged).
+INCREMENTAL = True
 #: submission queue entries (the completion queue is twice as large; overflow loses nothing).
 RING_ENTRIES = 4096
 #: bytes moved by one file -> pipe -> socket splice pair (the pipe is sized to it).
@@ -461,7 +469,8 @@ class SaeaRung(Rung):
         engine = self._engine
         self._tid = threading.get_ident()
         self._ring = engine.ring
-        self._bufring = self._ring.buffer_ring(0, BUFFER_COUNT, BUFFER_SIZE)
+        self._bufring = self._uring.receive_buffers(
+            self._ring, 0, BUFFER_COUNT, BUFFER_SIZE, incremental=INCREMENTAL)
         self._Conn, self._Send = self._build()
         for sock in listeners:
             sock.setblocking(False)
@@ -574,6 +583,7 @@ class SaeaRung(Rung):
         take = self._bufring.take
         recycle = self._bufring.recycle
         F_BUFFER = self._uring.CQE_F_BUFFER
+        F_BUF_MORE = self._uring.CQE_F_BUF_MORE
         prep_send = self._ring.prep_send
         F_MORE = self._F_MORE
         ENOBUFS = _ENOBUFS
@@ -587,13 +597,13 @@ class SaeaRung(Rung):
                 # Ring.dispatch delivers those with CQE_F_MORE itself (RecvContext), exactly as
                 # the first two lines here would; this sees the rest.
                 if res > 0:
-                    self.conn._on_data(take(flags >> 16, res))
+                    self.conn._on_data(take(flags >> 16, res, flags & F_BUF_MORE))
                     if flags & F_MORE:
                         return
                 elif flags & F_BUFFER:
                     # the kernel un-selects the buffer of an EOF or error today; if a kernel
                     # ever reports one consumed, it goes back, or the ring would shrink
-                    recycle(flags >> 16)
+                    recycle(flags >> 16, 0, flags & F_BUF_MORE)
                 self.ops -= 1
                 self.recv_op = None
                 if self.closing:
