@@ -236,14 +236,17 @@ def buffer_id(flags: int) -> int | None:
 
 
 def receive_buffers(ring: Ring, group_id: int, count: int, size: int, *,
-                    incremental: bool = True) -> BufferRing:
+                    incremental: bool = True,
+                    whole: tuple[int, int] | None = None) -> BufferRing:
     """A provided buffer ring for receives, consumed incrementally where the kernel can.
 
     ``incremental`` (``IOU_PBUF_RING_INC``, Linux 6.12): a receive takes only the bytes it
     needs of the current buffer, so small messages from every connection fill the slab front
     to back (hot in the caches and the TLB) rather than each starting a buffer of its own.
     On an older kernel (``EINVAL``) the ring consumes whole buffers instead, and that is
-    logged. Either way the caller passes ``flags & CQE_F_BUF_MORE`` to ``take``/``recycle``.
+    logged; ``whole`` is then its (count, size), or the same as the incremental one.
+    ``incremental=False`` asks for whole buffers directly. Either way the caller passes
+    ``flags & CQE_F_BUF_MORE`` to ``take``/``recycle``.
     """
     if incremental:
         try:
@@ -252,6 +255,7 @@ def receive_buffers(ring: Ring, group_id: int, count: int, size: int, *,
             if exc.errno != errno.EINVAL:
                 raise
             _log.info("%s; receives consume whole buffers", exc.strerror)
+    count, size = whole or (count, size)
     return ring.buffer_ring(group_id, count, size)
 
 

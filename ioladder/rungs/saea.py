@@ -99,10 +99,17 @@ from .base import (
 
 log = logging.getLogger("ioladder")
 
-#: buffers in the provided buffer ring shared by all connections, and their size. Pages are
-#: touched only as the kernel fills buffers, so the RSS cost is at most COUNT x SIZE.
-BUFFER_COUNT = 256
-BUFFER_SIZE = 32 * 1024
+#: buffers in the provided buffer ring shared by all connections, and their size: an 8 MiB
+#: slab, the most receive memory the server ever touches. Consumed incrementally, a small
+#: message takes only its own bytes and a bulk stream up to 256 KiB per receive (uvloop reads
+#: 256 KiB too); measured against 256 x 32 KiB, one echoed stream costs ~11 % less CPU per GB
+#: and 4 KiB messages at 1,000 connections ~5 % less per round trip.
+BUFFER_COUNT = 32
+BUFFER_SIZE = 256 * 1024
+#: the same slab where receives consume whole buffers (kernels before 6.12): more, smaller
+#: buffers, since every receive, however small, takes one.
+WHOLE_BUFFER_COUNT = 256
+WHOLE_BUFFER_SIZE = 32 * 1024
 #: consume receive buffers incrementally (``IOU_PBUF_RING_INC``, Linux 6.12): a receive
 #: takes only the bytes it needs of the current buffer, so small messages fill the slab front
 #: to back instead of each starting a buffer of its own. Older kernels: whole buffers (logged).
@@ -470,7 +477,8 @@ class SaeaRung(Rung):
         self._tid = threading.get_ident()
         self._ring = engine.ring
         self._bufring = self._uring.receive_buffers(
-            self._ring, 0, BUFFER_COUNT, BUFFER_SIZE, incremental=INCREMENTAL)
+            self._ring, 0, BUFFER_COUNT, BUFFER_SIZE, incremental=INCREMENTAL,
+            whole=(WHOLE_BUFFER_COUNT, WHOLE_BUFFER_SIZE))
         self._Conn, self._Send = self._build()
         for sock in listeners:
             sock.setblocking(False)

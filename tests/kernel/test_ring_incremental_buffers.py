@@ -178,3 +178,13 @@ def test_incremental_ring_runs_dry_and_rearms_losing_nothing(ring, inc_ring, soc
         ring.prep_cancel_fd(a.fileno(), "cancel")
         collect(ring, 2)
     assert ring.inflight == 0
+
+
+def test_receive_buffers_picks_the_geometry_of_the_kind_it_got(ring, inc_ring):
+    inc_ring(10, 1, 64).close()  # skips where the kernel has no incremental rings
+    br = uring.receive_buffers(ring, 11, 4, 1024, whole=(8, 512))
+    assert (br.incremental, br.count, br.size) == (True, 4, 1024)
+    whole = uring.receive_buffers(ring, 12, 4, 1024, incremental=False, whole=(8, 512))
+    assert (whole.incremental, whole.count, whole.size) == (False, 8, 512)
+    same = uring.receive_buffers(ring, 13, 4, 1024, incremental=False)
+    assert (same.incremental, same.count, same.size) == (False, 4, 1024)

@@ -63,8 +63,9 @@ def test_multishot_receive_rearms_after_enobufs_and_loses_nothing(serve, monkeyp
     # over and over; every receive that ends with -ENOBUFS must be re-armed and no byte lost.
     # Incremental (Linux 6.12): receives of several connections share a buffer and split at
     # its end; whole: each receive consumes a buffer (the path older kernels take).
-    monkeypatch.setattr(rung_module, "BUFFER_COUNT", 2)
-    monkeypatch.setattr(rung_module, "BUFFER_SIZE", 1024)
+    for prefix in ("", "WHOLE_"):
+        monkeypatch.setattr(rung_module, prefix + "BUFFER_COUNT", 2)
+        monkeypatch.setattr(rung_module, prefix + "BUFFER_SIZE", 1024)
     monkeypatch.setattr(rung_module, "INCREMENTAL", incremental)
     srv = serve(EchoProtocol)
     bufring = srv.rung._bufring
