@@ -5,7 +5,6 @@ only the bytes it needs of the current buffer; the buffer's next completion cont
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 
@@ -30,6 +29,17 @@ def inc_ring(ring):
             raise
 
     return make
+
+
+def _drain(ring, br, collect, nbytes: int) -> tuple[bytes, list[tuple[int, int, bool]]]:
+    """Take completions until nbytes arrived: the bytes, and (bid, res, BUF_MORE) of each."""
+    got = b""
+    seen = []
+    while len(got) < nbytes:
+        for _, res, flags in collect(ring, 1):
+            seen.append((uring.buffer_id(flags), res, bool(flags & MORE)))
+            got += br.take(uring.buffer_id(flags), res, flags & MORE)
+    return got, seen
 
 
 def _slab(br: uring.BufferRing, bid: int, start: int, n: int) -> bytes:
@@ -57,22 +67,12 @@ def test_small_receives_fill_one_buffer_front_to_back(ring, inc_ring, socks, col
     # 40 more bytes: the 20 left of buffer 0 end it (no CQE_F_BUF_MORE), the rest starts
     # buffer 1 at its front
     b.sendall(b"C" * 40)
-    got = b""
-    seen = []
-    while len(got) < 40:
-        for _, res, flags in collect(ring, 1):
-            seen.append((uring.buffer_id(flags), res, bool(flags & MORE)))
-            got += br.take(uring.buffer_id(flags), res, flags & MORE)
+    got, seen = _drain(ring, br, collect, 40)
     assert got == b"C" * 40
     assert seen == [(0, 20, False), (1, 20, True)]
     # buffer 0 went back whole: once buffer 1 is full, the next bytes start at its front
     b.sendall(b"D" * 100)
-    got = b""
-    seen = []
-    while len(got) < 100:
-        for _, res, flags in collect(ring, 1):
-            seen.append((uring.buffer_id(flags), res, bool(flags & MORE)))
-            got += br.take(uring.buffer_id(flags), res, flags & MORE)
+    got, seen = _drain(ring, br, collect, 100)
     assert got == b"D" * 100
     assert seen == [(1, 80, False), (0, 20, True)]
     assert _slab(br, 0, 0, 20) == b"D" * 20
@@ -140,43 +140,6 @@ def test_incremental_arguments_are_checked(ring, inc_ring, socks, collect):
     assert br.take(bid, res, flags & MORE) == b"z" * 8
     ring.prep_cancel_fd(a.fileno(), "cancel")
     collect(ring, 2)
-    assert ring.inflight == 0
-
-
-def test_incremental_ring_runs_dry_and_rearms_losing_nothing(ring, inc_ring, socks, collect):
-    """Two 16-byte buffers, 200 bytes sent in one go: full buffers the application holds end the
-    op with -ENOBUFS; taking them and re-arming delivers the rest, in order."""
-    a, b = socks.pair()
-    br = inc_ring(9, 2, 16)
-    payload = os.urandom(200)
-    b.sendall(payload)
-    got = b""
-    enobufs = 0
-    held: list[tuple[int, int, int]] = []
-    ring.prep_recv_multishot(a.fileno(), br, "ms")
-    armed = True
-    while len(got) < len(payload):
-        for _, res, flags in collect(ring, 1):
-            if flags & uring.CQE_F_BUFFER:
-                held.append((uring.buffer_id(flags), res, flags & MORE))
-            if res == -errno.ENOBUFS:
-                enobufs += 1
-            else:
-                assert res > 0
-            armed = bool(flags & uring.CQE_F_MORE)
-            if not armed or len(got) + sum(n for _, n, _ in held) == len(payload):
-                for bid, n, more in held:
-                    got += br.take(bid, n, more)
-                held.clear()
-                if not armed and len(got) < len(payload):
-                    ring.prep_recv_multishot(a.fileno(), br, "ms")
-                    armed = True
-    assert got == payload
-    assert enobufs >= 1
-    assert br.available == 2
-    if armed:
-        ring.prep_cancel_fd(a.fileno(), "cancel")
-        collect(ring, 2)
     assert ring.inflight == 0
 
 
