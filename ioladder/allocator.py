@@ -19,7 +19,8 @@ def settle_allocator() -> None:
     - a thread's arena that a stream of 32 KiB ``bytes`` grows and shrinks is trimmed
       (``madvise(MADV_DONTNEED)``) and faulted back in page by page: ~170,000 page faults a
       second, and one bulk stream through the ``saea`` rung at ~850 MB/s instead of 1.4-1.6
-      GB/s (``perf stat -e page-faults,syscalls:sys_enter_madvise -p PID`` over a bulk echo).
+      GB/s (``perf stat -e page-faults,syscalls:sys_enter_madvise -p PID`` over a bulk echo,
+      measured when the rung still received into 32 KiB buffers).
 
     Freeing one 16 MiB block (allocated with ``calloc``: fresh ``mmap`` pages, never touched)
     moves them to 16 and 32 MiB in every run. The price: freed memory up to 32 MiB per arena

@@ -2700,7 +2700,7 @@ static PyTypeObject RecvContext_Type = {
     .tp_doc = "RecvContext() -- base class for the ctx of a multishot receive on a buffer ring.\n\n"
               "Ring.dispatch() delivers the steady-state completions of such an op itself: one with "
               "res > 0, CQE_F_BUFFER and CQE_F_MORE becomes conn._on_data(bytes) (the bytes copied "
-              "out of the buffer, which is recycled at once) with no Python frame and no int "
+              "out of the buffer, which is released at once) with no Python frame and no int "
               "objects. That is exactly what the ctx's own method must do with such a completion, "
               "because every other completion -- the one ending the op (no CQE_F_MORE, possibly "
               "carrying bytes), errors, and any completion that wait()/reap() return or that "
@@ -4131,7 +4131,8 @@ static PyObject *BufferRing_get_registered(BufferRingObject *b, void *c)
 
 static PyGetSetDef BufferRing_getset[] = {
     {"available", (getter)BufferRing_get_available, NULL,
-     "buffers the kernel can fill now (count minus those handed out and not recycled)", NULL},
+     "buffers the application holds no completion of (count minus those handed out and not "
+     "yet released)", NULL},
     {"count", (getter)BufferRing_get_count, NULL, "number of buffers", NULL},
     {"size", (getter)BufferRing_get_size, NULL, "bytes per buffer", NULL},
     {"stride", (getter)BufferRing_get_stride, NULL,

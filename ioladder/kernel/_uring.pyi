@@ -312,7 +312,7 @@ class RecvContext:
 
     ``Ring.dispatch()`` delivers such an op's steady-state completions itself: one with
     ``res > 0``, ``CQE_F_BUFFER`` and ``CQE_F_MORE`` becomes ``conn._on_data(bytes)`` (the bytes
-    copied out, the buffer recycled at once), with no Python frame and no int objects. That is
+    copied out, the bytes released at once), with no Python frame and no int objects. That is
     exactly what the ctx's own method must do with such a completion, because every other one --
     the completion ending the op (no ``CQE_F_MORE``, possibly with bytes), errors, and whatever
     ``wait()``/``reap()`` return or ``dispatch()`` takes from the backlog -- goes to the method.

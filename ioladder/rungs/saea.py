@@ -59,7 +59,7 @@ How each SAEA idea lands (and what it costs per connection and per op):
   ``splice(pipe -> socket)`` (zero copies through Python), in order with the bytes written
   before and after it.
 
-Steady state per echoed message: one multishot-receive completion (copied out and recycled,
+Steady state per echoed message: one multishot-receive completion (copied out and released,
 then handed to the transport's ``_on_data`` by ``Ring.dispatch`` in C: the receive context is
 a ``RecvContext``), ``data_received``, then a synchronous send (small batches) or one send SQE
 and its completion (large batches; both handled in C: ``SendContext``); no Python object
@@ -102,17 +102,16 @@ log = logging.getLogger("ioladder")
 #: buffers in the provided buffer ring shared by all connections, and their size: an 8 MiB
 #: slab, the most receive memory the server ever touches. Consumed incrementally, a small
 #: message takes only its own bytes and a bulk stream up to 256 KiB per receive (uvloop reads
-#: 256 KiB too); measured against 256 x 32 KiB, one echoed stream costs ~11 % less CPU per GB
-#: and 4 KiB messages at 1,000 connections ~5 % less per round trip.
+#: 256 KiB too); measured against 256 x 32 KiB (paired, docs/saea.md), one echoed stream costs
+#: ~11 % less CPU per GB and 4 KiB messages at 1,000 connections ~5 % less per round trip.
 BUFFER_COUNT = 32
 BUFFER_SIZE = 256 * 1024
 #: the same slab where receives consume whole buffers (kernels before 6.12): more, smaller
 #: buffers, since every receive, however small, takes one.
 WHOLE_BUFFER_COUNT = 256
 WHOLE_BUFFER_SIZE = 32 * 1024
-#: consume receive buffers incrementally (``IOU_PBUF_RING_INC``, Linux 6.12): a receive
-#: takes only the bytes it needs of the current buffer, so small messages fill the slab front
-#: to back instead of each starting a buffer of its own. Older kernels: whole buffers (logged).
+#: consume the receive buffers incrementally where the kernel can (6.12; see the module
+#: docstring and ``uring.receive_buffers``); False: whole buffers, as on older kernels.
 INCREMENTAL = True
 #: submission queue entries (the completion queue is twice as large; overflow loses nothing).
 RING_ENTRIES = 4096
